@@ -1,0 +1,1 @@
+"""Where datakiln runs: embedded local Ray, a Ray cluster, or Kubernetes."""

@@ -1,0 +1,95 @@
+"""Preprocessing operators and the fused per-batch pipeline built from a spec's `ops` list.
+
+Row operators run fused in one `map_batches` call (one pass over the data, one task per
+block); dataset operators (dedup) run after, on the materialised result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.ops import dedup, image  # noqa: F401  (registers the operators)
+from pipeline.ops.base import REJECT_REASON, DatasetOp, Reject, RowOp, kept_rows, rejected_rows
+from pipeline.ops.registry import OPERATORS, build
+
+
+@dataclass(frozen=True)
+class ImageShape:
+    height: int
+    width: int
+    channels: int
+
+
+class FusedRowOps:
+    """All row operators of a spec applied to one batch, in order.
+
+    Input: `image` (arrays) or `image_bytes` (encoded), plus any other columns, which pass
+    through. Output adds `reject_reason` and `content_hash`; every image has `shape`
+    (rejected rows carry zeros, so the column stays one fixed-shape tensor).
+    """
+
+    def __init__(self, ops: list[RowOp], shape: ImageShape):
+        self.ops, self.shape = ops, shape
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = list(batch.pop("image_bytes")) if "image_bytes" in batch else list(batch.pop("image"))
+        reasons = [""] * len(values)
+        for op in self.ops:
+            op.run(values, reasons)
+        target = (self.shape.height, self.shape.width, self.shape.channels)
+        images = np.zeros((len(values), *target), dtype=np.uint8)
+        hashes = [""] * len(values)
+        for i, value in enumerate(values):
+            if reasons[i]:
+                continue
+            if value.shape != target:
+                reasons[i] = f"shape: differs from the dataset's {target} ({value.shape})"
+                continue
+            images[i] = value
+            hashes[i] = hashlib.blake2b(value.tobytes(), digest_size=16).hexdigest()
+        return {
+            **batch,
+            "image": images,
+            "content_hash": np.array(hashes, dtype=object),
+            REJECT_REASON: np.array(reasons, dtype=object),
+        }
+
+
+def split_ops(entries: list[dict[str, Any]]) -> tuple[list[RowOp], list[DatasetOp]]:
+    """Build operators from spec entries; decode always runs first."""
+    if not entries or entries[0]["op"] != "decode":
+        entries = [{"op": "decode"}, *[e for e in entries if e["op"] != "decode"]]
+    ops = [build(entry) for entry in entries]
+    return [op for op in ops if isinstance(op, RowOp)], [op for op in ops if isinstance(op, DatasetOp)]
+
+
+def resolve_auto(row_ops: list[RowOp], first: np.ndarray) -> ImageShape:
+    """Fix `auto` parameters from the first decodable record; return the output shape."""
+    for op in row_ops:
+        if op.name == "color" and op.params.mode == "auto":
+            op.params.mode = "L" if first.shape[2] == 1 else "RGB"
+        if op.name == "resize" and op.params.size == "auto":
+            op.params.size = max(4, min(first.shape[:2]) // 4 * 4)
+    value = first
+    for op in row_ops[1:]:
+        value = op.apply(value)
+    return ImageShape(*value.shape)
+
+
+def first_decodable(values: list[Any], decode: RowOp) -> np.ndarray | None:
+    for value in values:
+        try:
+            return decode.apply(value)
+        except Reject:
+            continue
+    return None
+
+
+__all__ = [
+    "OPERATORS", "REJECT_REASON", "DatasetOp", "FusedRowOps", "ImageShape", "RowOp",
+    "first_decodable", "kept_rows", "rejected_rows", "resolve_auto", "split_ops",
+]

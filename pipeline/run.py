@@ -1,0 +1,254 @@
+"""Run a spec: collect → preprocess → annotate → split → synthesize → evaluate → publish.
+
+Data stays in Ray Datasets (Arrow blocks in the object store) between stages; only small
+results (counts, thresholds, duplicate lists, a few sample images) reach the driver.
+Every input row is accounted for: rows_in = rows_out + rows_rejected, by reason.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import ray.data
+
+from pipeline import io, ops, publish, sources
+from pipeline.annotate import apply_labels, discover_labels
+from pipeline.errors import GateError, SourceError
+from pipeline.ops.base import REJECT_REASON
+from pipeline.spec import Spec
+from pipeline.split import assign_splits
+
+SAMPLES_SHOWN = 6
+
+
+@dataclass
+class RunReport:
+    """What a finished run returns (and prints)."""
+
+    target: str
+    run_dir: str
+    metrics: dict[str, Any]
+    lineage: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def log(stage: str, message: str) -> None:
+    print(f"[{stage}] {message}", flush=True)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    began = time.perf_counter()
+    yield
+    timings[stage] = round(time.perf_counter() - began, 3)
+    log(stage, f"done in {timings[stage]:.1f}s")
+
+
+def _peek_first_image(dataset: ray.data.Dataset, decode: ops.RowOp, source: str) -> np.ndarray:
+    rows = dataset.take(64)
+    if not rows:
+        raise SourceError(f"{source}: the source is empty")
+    column = "image_bytes" if "image_bytes" in rows[0] else "image" if "image" in rows[0] else None
+    if column is None:
+        raise SourceError(f"{source}: no image column (columns: {', '.join(rows[0])}); set source.image_column")
+    first = ops.first_decodable([row[column] for row in rows], decode)
+    if first is None:
+        raise SourceError(f"{source}: none of the first {len(rows)} records decodes as an image")
+    return first
+
+
+def _reject_key(reason: str) -> str:
+    """Group reasons by kind: drop the per-row detail in brackets or after ' of '."""
+    return reason.split(" (")[0].split(" of ")[0]
+
+
+def _reject_records(table: pa.Table) -> pa.Table:
+    reasons = table[REJECT_REASON].to_pylist()
+    return pa.table({"source_ref": table["source_ref"], "reason": pa.array(reasons, pa.string()),
+                     "reason_key": pa.array([_reject_key(r) for r in reasons], pa.string())})
+
+
+def _with_provenance(table: pa.Table) -> pa.Table:
+    n = table.num_rows
+    return table.append_column("origin", pa.array(["real"] * n, pa.string())).append_column(
+        "generator", pa.nulls(n, pa.string()))
+
+
+def _rows_of_split(table: pa.Table, split: str) -> pa.Table:
+    return table.filter(pa.compute.equal(table["split"], split))
+
+
+def _first_rows(table: pa.Table, rows: int) -> pa.Table:
+    return table.filter(pa.compute.less(table["sample_index"], rows))
+
+
+def _code_version() -> dict[str, Any]:
+    import importlib.metadata as md
+
+    versions = {name: md.version(name) for name in ("datakiln", "ray", "torch", "datasets", "pyarrow")}
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        versions["git"] = commit.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        versions["git"] = None
+    return versions
+
+
+def run(spec: Spec, address: str | None = None) -> RunReport:
+    """Run every stage of `spec`; publish only when all of them succeed."""
+    from cluster.runtime import connect, configure_data_context
+
+    timings: dict[str, float] = {}
+    spec_hash = spec.spec_hash()
+    run_id = spec_hash[:12]
+    run_dir = os.path.abspath(os.path.join(spec.run_root, spec.name, run_id))
+    os.makedirs(run_dir, exist_ok=True)
+    connect(address, temp_dir=os.path.join(tempfile.gettempdir(), "datakiln-ray"))
+    configure_data_context()
+    log("run", f"{spec.name} run {run_id} → {run_dir}")
+
+    with _timed(timings, "collect"):
+        collected = sources.read(spec.source)
+
+    with _timed(timings, "preprocess"):
+        row_ops, dataset_ops = ops.split_ops(spec.preprocess.ops)
+        first = _peek_first_image(collected.dataset, row_ops[0], spec.source.path or spec.source.format)
+        shape = ops.resolve_auto(row_ops, first)
+        resolved_ops = [{"op": op.name, **op.params.model_dump()} for op in row_ops + dataset_ops]
+        marked = collected.dataset.map_batches(ops.FusedRowOps(row_ops, shape), batch_size=256).materialize()
+        for op in dataset_ops:
+            marked = op.mark(marked).materialize()
+        log("preprocess", f"images {shape.height}x{shape.width}x{shape.channels}; ops: "
+            + ", ".join(e["op"] for e in resolved_ops))
+
+    with _timed(timings, "annotate"):
+        labels = discover_labels(marked, spec.annotate)
+        marked = apply_labels(marked, spec.annotate, labels).materialize()
+        log("annotate", f"{len(labels.class_names)} classes: {', '.join(labels.class_names[:20])}")
+
+    rows_in = marked.count()
+    rejects = ops.rejected_rows(marked).map_batches(_reject_records, batch_format="pyarrow").materialize()
+    rows_rejected = rejects.count()
+    rejected_by_reason = {r["reason_key"]: int(r["count()"]) for r in rejects.groupby("reason_key").count().iter_rows()}
+    if rows_rejected:
+        rejects.write_parquet(os.path.join(run_dir, "rejects"))
+    log("preprocess", f"rows in {rows_in}, rejected {rows_rejected} {rejected_by_reason or ''}")
+    if rows_in and rows_rejected / rows_in > spec.preprocess.max_reject_fraction:
+        raise GateError(
+            f"preprocess.max_reject_fraction: {rows_rejected}/{rows_in} rows rejected "
+            f"({rows_rejected / rows_in:.1%} > {spec.preprocess.max_reject_fraction:.1%}); see {run_dir}/rejects"
+        )
+
+    with _timed(timings, "split"):
+        curated = assign_splits(ops.kept_rows(marked), spec.seed, spec.split.test_fraction)
+        curated = curated.map_batches(_with_provenance, batch_format="pyarrow").materialize()
+        train, test = (curated.map_batches(_rows_of_split, fn_kwargs={"split": s}, batch_format="pyarrow").materialize()
+                       for s in ("train", "test"))
+        split_rows = {"train": train.count(), "test": test.count()}
+        log("split", f"train {split_rows['train']}, test {split_rows['test']}")
+
+    num_classes = len(labels.class_names)
+    metrics: dict[str, Any] = {}
+    lineage_checkpoint: dict[str, Any] | None = None
+    synthetic = None
+    if spec.synthesize.enabled:
+        from synth.models.base import ImageSchema
+        from synth.sample import sample
+        from synth.train import TrainConfig, fit
+
+        syn = spec.synthesize
+        with _timed(timings, "train"):
+            schema = ImageSchema(shape.height, shape.width, shape.channels, num_classes)
+            config = TrainConfig(model=syn.model, model_config={"latent_dim": syn.latent_dim}, epochs=syn.epochs,
+                                 batch_size=syn.batch_size, learning_rate=syn.learning_rate, seed=spec.seed)
+            log("train", f"{syn.model} on {split_rows['train']} images, {syn.workers} worker(s), "
+                f"{'GPU' if syn.use_gpu else 'CPU'}, global batch {syn.batch_size * syn.workers}, {syn.epochs} epochs")
+            # Sources may be sorted by class (class folders): mix once, seeded, before training.
+            trained = fit(train.random_shuffle(seed=spec.seed).materialize(), schema, config, workers=syn.workers, use_gpu=syn.use_gpu,
+                          storage_path=os.path.abspath(syn.storage) if syn.storage and "://" not in syn.storage
+                          else syn.storage or os.path.join(run_dir, "train"),
+                          run_name=f"{spec.name}-{run_id}", max_failures=syn.max_failures,
+                          model_dir=os.path.join(run_dir, "model"))
+            weights = io.resolve(os.path.join(trained.model_dir, "model.safetensors"))
+            weights_sha = io.sha256_file(weights)
+            generator_id = f"{syn.model}-{weights_sha[:12]}"
+            lineage_checkpoint = {"uri": weights.url, "sha256": weights_sha, "train_checkpoint": trained.checkpoint_path,
+                                  "generator_id": generator_id, "epochs": syn.epochs}
+        with _timed(timings, "sample"):
+            synthetic = sample(trained.model_dir, num_classes, syn.samples_per_class, spec.seed, generator_id,
+                               syn.sampler_actors).materialize()
+            log("sample", f"{synthetic.count()} images from {generator_id}")
+        if spec.evaluate.enabled:
+            from synth.metrics.utility import tstr_trtr
+
+            with _timed(timings, "evaluate"):
+                metrics.update(tstr_trtr(train, test, synthetic, (shape.height, shape.width, shape.channels),
+                                         num_classes, spec.evaluate.classifier_epochs, spec.seed))
+                log("evaluate", f"tstr_accuracy {metrics['tstr_accuracy']:.4f}, trtr_accuracy "
+                    f"{metrics['trtr_accuracy']:.4f}, tstr_ratio {metrics['tstr_ratio']:.3f}")
+
+    target = io.resolve(spec.publish_target(), spec.publish.storage_options)
+    with _timed(timings, "publish"):
+        staging = io.resolve(f"{target.url.rstrip('/')}.staging-{run_id}", spec.publish.storage_options)
+        if staging.fs.exists(staging.path):
+            staging.fs.rm(staging.path, recursive=True)
+        schema_arrow = publish.image_schema(labels.class_names)
+        published = {s: publish.write_split(d, staging.join("data"), s, schema_arrow, spec.publish.rows_per_shard)
+                     for s, d in (("train", train), ("test", test))}
+        synthetic_rows = 0
+        if synthetic is not None:
+            synthetic_rows = publish.write_split(synthetic, staging.join("synthetic"), "train", schema_arrow,
+                                                 spec.publish.rows_per_shard)
+        rows_out = sum(published.values())
+        if rows_out + rows_rejected != rows_in:
+            raise RuntimeError(f"row accounting broken: {rows_in} in != {rows_out} out + {rows_rejected} rejected")
+        lineage = {
+            "run_id": run_id, "name": spec.name, "spec": spec.model_dump(mode="json"), "spec_hash": spec_hash,
+            "resolved_ops": resolved_ops, "code_version": _code_version(), "inputs": collected.fingerprints,
+            "seeds": {"spec": spec.seed, "split": spec.seed, "train": spec.seed, "sample": spec.seed,
+                      "evaluate": spec.seed},
+            "checkpoint": lineage_checkpoint, "timings_s": timings,
+            "rows": {"rows_in": rows_in, "rows_out": rows_out, "rows_rejected": rows_rejected,
+                     "rejected_by_reason": rejected_by_reason, "splits": published, "synthetic": synthetic_rows},
+            "image_shape": [shape.height, shape.width, shape.channels], "class_names": labels.class_names,
+            "run_dir": run_dir,
+        }
+        if synthetic is not None:
+            _write_samples(staging, train, synthetic, labels.class_names)
+        card = publish.Card(name=spec.name, class_names=labels.class_names, split_rows=published,
+                            synthetic_rows=synthetic_rows, rejected_by_reason=rejected_by_reason,
+                            metrics={k: v for k, v in metrics.items() if not isinstance(v, list)},
+                            lineage_summary={"spec_hash": spec_hash, "inputs": collected.fingerprints,
+                                             "generator": lineage_checkpoint, "rows": lineage["rows"]})
+        with staging.fs.open(staging.join("README.md").path, "w") as handle:
+            handle.write(publish.render_card(card))
+        publish.write_json(staging.join("metrics.json"), metrics)
+        publish.write_json(staging.join("lineage.json"), lineage)
+        io.commit(staging, target)
+    publish.write_json(io.resolve(os.path.join(run_dir, "lineage.json")), lineage)
+    log("publish", f"{rows_out} real rows ({published}) + {synthetic_rows} synthetic → {target.url}")
+    return RunReport(target=target.url, run_dir=run_dir, metrics=metrics, lineage=lineage, timings=timings)
+
+
+def _write_samples(staging: io.Location, train: ray.data.Dataset, synthetic: ray.data.Dataset,
+                   class_names: list[str]) -> None:
+    from pipeline.plots import sample_grid
+
+    wanted = SAMPLES_SHOWN * len(class_names)
+    real = train.select_columns(["image", "label"]).limit(20 * wanted).take_batch(20 * wanted)
+    # The sampler interleaves classes, so the first rows hold SAMPLES_SHOWN of each class.
+    fake = synthetic.map_batches(_first_rows, fn_kwargs={"rows": wanted}, batch_format="pyarrow").select_columns(
+        ["image", "label"]).take_batch(wanted)
+    with tempfile.TemporaryDirectory() as folder:
+        local = os.path.join(folder, "samples.png")
+        sample_grid(real, fake, class_names, local, SAMPLES_SHOWN)
+        staging.fs.put_file(local, staging.join("samples.png").path)

@@ -1,0 +1,211 @@
+"""The typed run spec: YAML → pydantic model, `--set a.b=c` overrides, key-path errors.
+
+The CLI and the Python API both build a `Spec` through `load_spec`, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any, Literal
+
+import fsspec
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import SpecError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceSpec(_Section):
+    format: Literal["idx", "images", "parquet", "csv", "jsonl", "sklearn"]
+    path: str | None = None
+    """fsspec URL of a file, a folder or a glob (`sklearn`: the bundled dataset name, e.g. `digits`)."""
+    labels: str | None = None
+    """`idx` only: fsspec URL of the labels file that goes with `path`."""
+    image_column: str = "image"
+    """`parquet`/`csv`/`jsonl`: column holding encoded image bytes or a HF `{bytes, path}` struct."""
+    limit: int | None = Field(default=None, gt=0)
+    """Read only the first N records (subsets for trials and tests)."""
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    """Passed to fsspec (credentials belong in the environment, never in lineage)."""
+
+    @model_validator(mode="after")
+    def _check_paths(self) -> "SourceSpec":
+        if self.format != "sklearn" and not self.path:
+            raise ValueError(f"source.path is required for format '{self.format}'")
+        if self.format == "idx" and not self.labels:
+            raise ValueError("source.labels is required for format 'idx' (the IDX labels file)")
+        return self
+
+
+class PreprocessSpec(_Section):
+    ops: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"op": "decode"}, {"op": "color"}, {"op": "resize"}, {"op": "dedup"}],
+        validate_default=True,
+    )
+    """Operators in order, each `{op: NAME, **params}`; see `pipeline.ops.registry`."""
+    max_reject_fraction: float = Field(default=0.1, ge=0, le=1)
+    """Fail the run when more than this fraction of input rows is rejected."""
+
+    @field_validator("ops")
+    @classmethod
+    def _check_ops(cls, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from pipeline.ops import registry
+
+        return [registry.validate_params(i, op) for i, op in enumerate(ops)]
+
+
+class AnnotateSpec(_Section):
+    label_column: str = "label"
+    """Column holding the given labels (`idx`: from the labels file; `images`: the class folder)."""
+    class_names: list[str] | None = None
+    """Names for label ids 0..K-1 (integer labels) or the label values in order (string labels).
+    Default: the sorted distinct labels found in the data."""
+
+
+class SplitSpec(_Section):
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    """Fraction of each class held out as the `test` split (exact per class, seeded)."""
+
+
+class SynthesizeSpec(_Section):
+    enabled: bool = True
+    model: str = "cvae"
+    epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    """Per-worker batch size; the global batch is `batch_size * workers`."""
+    learning_rate: float = Field(default=1e-3, gt=0)
+    latent_dim: int = Field(default=16, ge=1)
+    workers: int = Field(default=1, ge=1)
+    use_gpu: bool = False
+    samples_per_class: int = Field(default=1000, ge=1)
+    sampler_actors: int = Field(default=2, ge=1)
+    storage: str | None = None
+    """Where Ray Train keeps checkpoints (local dir or fsspec URL). Default: `<run_dir>/train`."""
+    max_failures: int = Field(default=0, ge=0)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from synth.models import MODEL_NAMES
+
+        if name not in MODEL_NAMES:
+            raise ValueError(f"unknown model '{name}'; known: {', '.join(MODEL_NAMES)}")
+        return name
+
+
+class EvaluateSpec(_Section):
+    enabled: bool = True
+    classifier_epochs: int = Field(default=8, ge=1)
+    """Epochs of the fixed small-CNN recipe used for TSTR and TRTR."""
+
+
+class PublishSpec(_Section):
+    to: str | None = None
+    """fsspec URL of the dataset to write. Default: `./out/<name>`."""
+    rows_per_shard: int = Field(default=20000, ge=1)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Spec(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = 0
+    run_root: str = "./runs"
+    source: SourceSpec
+    preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
+    annotate: AnnotateSpec = Field(default_factory=AnnotateSpec)
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    synthesize: SynthesizeSpec = Field(default_factory=SynthesizeSpec)
+    evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    publish: PublishSpec = Field(default_factory=PublishSpec)
+
+    def spec_hash(self) -> str:
+        """sha256 of the resolved spec: the same spec gives the same hash on any machine."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def publish_target(self) -> str:
+        return self.publish.to or f"./out/{self.name}"
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (typed)."""
+    key_path, sep, text = assignment.partition("=")
+    if not sep or not key_path:
+        raise SpecError(f"--set {assignment!r}: expected KEY.PATH=VALUE")
+    keys = key_path.split(".")
+    node: Any = raw
+    for depth, key in enumerate(keys[:-1]):
+        where = ".".join(keys[: depth + 1])
+        if isinstance(node, list):
+            node = node[_list_index(node, key, where)]
+            continue
+        if not isinstance(node, dict):
+            raise SpecError(f"--set {key_path}: '{'.'.join(keys[:depth])}' is not a mapping")
+        node = node.setdefault(key, {})
+    value = yaml.safe_load(text) if text.strip() else ""
+    last = keys[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, key_path)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise SpecError(f"--set {key_path}: '{'.'.join(keys[:-1])}' is not a mapping")
+
+
+def _list_index(node: list, key: str, where: str) -> int:
+    if not re.fullmatch(r"\d+", key) or int(key) >= len(node):
+        raise SpecError(f"--set {where}: '{key}' is not an index of a list of {len(node)}")
+    return int(key)
+
+
+def _format_validation_error(origin: str, err: ValidationError) -> str:
+    parts = []
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"]) or "<root>"
+        msg = item["msg"].removeprefix("Value error, ")
+        nested = re.match(r"^(\d+(?:\.\w+)?): (.*)$", msg)
+        if nested:  # a list entry's own error (e.g. preprocess.ops.2.size)
+            loc, msg = f"{loc}.{nested.group(1)}", nested.group(2)
+        elif item["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif "input" in item and item["type"] != "missing" and not isinstance(item["input"], (dict, list)):
+            msg = f"{msg} (got {item['input']!r})"
+        parts.append(f"{loc}: {msg}")
+    return f"{origin}: " + "; ".join(parts)
+
+
+def build_spec(raw: dict[str, Any], origin: str = "spec", overrides: list[str] = ()) -> Spec:
+    """Validate a spec mapping after applying `--set` overrides."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"{origin}: the spec must be a YAML mapping, got {type(raw).__name__}")
+    if overrides:
+        try:  # override into the defaults too (e.g. preprocess.ops.2.size when ops is defaulted)
+            raw = Spec.model_validate(raw).model_dump(mode="json")
+        except ValidationError:
+            pass  # an override may be what makes the spec valid
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    try:
+        return Spec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(_format_validation_error(origin, err)) from None
+
+
+def load_spec(url: str, overrides: list[str] = ()) -> Spec:
+    """Read a YAML spec from any fsspec URL and validate it."""
+    try:
+        with fsspec.open(url, "r") as handle:
+            raw = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise SpecError(f"{url}: spec file not found") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{url}:{where} invalid YAML: {getattr(err, 'problem', err)}") from None
+    return build_spec(raw if raw is not None else {}, origin=url, overrides=overrides)

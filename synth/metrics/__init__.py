@@ -1,0 +1,1 @@
+"""Evaluation metrics, one family per module."""

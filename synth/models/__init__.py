@@ -1,0 +1,20 @@
+"""Generator families by name. Each module defines one model behind `GeneratorModel`."""
+
+from __future__ import annotations
+
+import importlib
+
+from synth.models.base import GeneratorModel, ImageSchema
+
+_MODELS = {"cvae": ("synth.models.cvae", "ConditionalVAE")}
+MODEL_NAMES = tuple(_MODELS)
+
+
+def get_model(name: str) -> GeneratorModel:
+    if name not in _MODELS:
+        raise ValueError(f"unknown model '{name}'; known: {', '.join(MODEL_NAMES)}")
+    module, cls = _MODELS[name]
+    return getattr(importlib.import_module(module), cls)()
+
+
+__all__ = ["GeneratorModel", "ImageSchema", "MODEL_NAMES", "get_model"]

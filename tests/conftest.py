@@ -1,0 +1,82 @@
+"""One real local Ray runtime per test session; small generated inputs; offline HF."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+MNIST_IMAGES = SHARED_DATA / "mnist" / "t10k-images-idx3-ubyte.gz"
+MNIST_LABELS = SHARED_DATA / "mnist" / "t10k-labels-idx1-ubyte.gz"
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HOME", os.path.join(tempfile.gettempdir(), "datakiln-tests-hf"))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_session():
+    """A real local Ray shared by every test (more logical CPUs than cores avoids
+    actor-pool deadlocks on 2 cores)."""
+    import ray
+
+    from cluster.runtime import configure_data_context
+
+    ray.init(num_cpus=4, object_store_memory=1024**3, include_dashboard=True, dashboard_host="127.0.0.1",
+             _temp_dir=os.path.join(tempfile.gettempdir(), "datakiln-tests-ray"), logging_level="WARNING",
+             logging_config=ray.LoggingConfig(log_level="WARNING"))
+    configure_data_context()
+    yield
+    ray.shutdown()
+
+
+def write_idx(folder: Path, images: np.ndarray, labels: np.ndarray, compress: bool = True,
+              image_magic: int = 0x803, label_count: int | None = None) -> tuple[Path, Path]:
+    """Write an IDX images/labels pair (gzip by default)."""
+    n, rows, cols = images.shape
+    image_bytes = struct.pack(">IIII", image_magic, n, rows, cols) + images.astype(np.uint8).tobytes()
+    label_n = len(labels) if label_count is None else label_count
+    label_bytes = struct.pack(">II", 0x801, label_n) + labels.astype(np.uint8)[:label_n].tobytes()
+    suffix = ".gz" if compress else ""
+    image_path, label_path = folder / f"images-idx3-ubyte{suffix}", folder / f"labels-idx1-ubyte{suffix}"
+    opener = gzip.open if compress else open
+    with opener(image_path, "wb") as handle:
+        handle.write(image_bytes)
+    with opener(label_path, "wb") as handle:
+        handle.write(label_bytes)
+    return image_path, label_path
+
+
+def png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def blob_images(n: int, size: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two easy classes: a bright square on the left (0) or on the right (1), with noise."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 40, size=(n, size, size)).astype(np.uint8)
+    labels = np.arange(n) % 2
+    half = size // 2
+    for i, label in enumerate(labels):
+        cols = slice(0, half) if label == 0 else slice(half, size)
+        images[i, 2:size - 2, cols] = rng.integers(180, 255)
+    return images, labels
+
+
+@pytest.fixture
+def tiny_idx(tmp_path: Path) -> tuple[Path, Path]:
+    images, labels = blob_images(64)
+    return write_idx(tmp_path, images, labels)

@@ -1,0 +1,88 @@
+"""Whole specs end to end on the session's real local Ray."""
+
+import json
+
+import datasets
+import pytest
+
+from pipeline import build_spec, load_spec, run
+from pipeline.errors import GateError
+from tests.conftest import MNIST_IMAGES, MNIST_LABELS, ROOT, blob_images, png_bytes
+
+pytestmark = pytest.mark.integration
+
+
+def test_mnist_subset_end_to_end(tmp_path):
+    spec = load_spec(str(ROOT / "examples" / "mnist.yaml"), [
+        f"source.path={MNIST_IMAGES}", f"source.labels={MNIST_LABELS}", "source.limit=1500",
+        "synthesize.epochs=2", "synthesize.samples_per_class=12", "evaluate.classifier_epochs=1",
+        f"publish.to={tmp_path / 'out'}", f"run_root={tmp_path / 'runs'}", "publish.rows_per_shard=500",
+    ])
+    report = run(spec)
+    out = tmp_path / "out"
+
+    real = datasets.load_dataset(str(out))
+    assert {s: len(d) for s, d in real.items()} == {"train": 1200, "test": 300}
+    assert real["train"].features["label"].names == [str(i) for i in range(10)]
+    assert isinstance(real["train"].features["image"], datasets.Image)
+    assert real["train"][0]["image"].size == (28, 28)
+    assert real["train"][0]["source_ref"].startswith("file://") and "#" in real["train"][0]["source_ref"]
+    assert len(list((out / "data").glob("train-*-of-00003.parquet"))) == 3
+    synthetic = datasets.load_dataset(str(out), "synthetic")["train"]
+    assert len(synthetic) == 120 and sorted(set(synthetic["label"])) == list(range(10))
+    assert set(synthetic["origin"]) == {"synthetic"} and synthetic[0]["generator"].startswith("cvae-")
+
+    lineage = json.loads((out / "lineage.json").read_text())
+    rows = lineage["rows"]
+    assert rows["rows_in"] == 1500 and rows["rows_out"] + rows["rows_rejected"] == rows["rows_in"]
+    assert lineage["spec_hash"] == spec.spec_hash() and lineage["spec"]["source"]["limit"] == 1500
+    assert len(lineage["checkpoint"]["sha256"]) == 64 and lineage["inputs"][0]["method"] == "content"
+    assert {"collect", "preprocess", "train", "sample", "evaluate", "publish"} <= set(lineage["timings_s"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"tstr_accuracy", "trtr_accuracy", "tstr_ratio"} <= set(metrics)
+    assert metrics["trtr_accuracy"] > 0.5  # one epoch of the fixed CNN on 1,200 real digits
+    assert (out / "samples.png").stat().st_size > 1000
+    assert "config_name: synthetic" in (out / "README.md").read_text()
+    assert report.target.endswith("out")
+
+
+def _image_folder(root, n=40):
+    images, labels = blob_images(n, size=16)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = root / ("left" if label == 0 else "right")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i:03d}.png").write_bytes(png_bytes(image))
+    (root / "left" / "dup.png").write_bytes(png_bytes(images[0]))  # exact duplicate of 000.png
+    (root / "left" / "truncated.png").write_bytes(png_bytes(images[2])[:50])
+    (root / "right" / "empty.png").write_bytes(b"")
+    (root / "right" / "notes.txt").write_text("not an image")
+    return n + 4
+
+
+def _folder_spec(tmp_path, target, **extra):
+    raw = {"name": "folder", "run_root": str(tmp_path / "runs"), "source": {"format": "images", "path": str(tmp_path / "imgs")},
+           "synthesize": {"enabled": False}, "publish": {"to": str(target)}, **extra}
+    return build_spec(raw)
+
+
+def test_image_folder_rejects_are_accounted_and_reproducible(tmp_path):
+    total = _image_folder(tmp_path / "imgs")
+    report = run(_folder_spec(tmp_path, tmp_path / "a", preprocess={"max_reject_fraction": 0.2}))
+    rows = report.lineage["rows"]
+    assert rows["rows_in"] == total and rows["rows_rejected"] == 4 and rows["rows_out"] == total - 4
+    assert rows["rejected_by_reason"] == {"decode: undecodable image": 2, "decode: empty file": 1, "dedup: duplicate": 1}
+    rejects = datasets.load_dataset("parquet", data_files=f"{report.run_dir}/rejects/*.parquet")["train"]
+    assert any(r["reason"].startswith("dedup: duplicate of file://") and r["source_ref"].endswith("dup.png") for r in rejects)
+    real = datasets.load_dataset(str(tmp_path / "a"))
+    assert real["train"].features["label"].names == ["left", "right"] and len(real["test"]) == 8
+
+    run(_folder_spec(tmp_path, tmp_path / "b", preprocess={"max_reject_fraction": 0.2}))
+    for shard in ("train-00000-of-00001.parquet", "test-00000-of-00001.parquet"):
+        assert (tmp_path / "a" / "data" / shard).read_bytes() == (tmp_path / "b" / "data" / shard).read_bytes()
+
+
+def test_too_many_rejects_fail_the_run_and_publish_nothing(tmp_path):
+    _image_folder(tmp_path / "imgs")
+    with pytest.raises(GateError, match=r"preprocess.max_reject_fraction: 4/44 rows rejected \(9.1% > 5.0%\)"):
+        run(_folder_spec(tmp_path, tmp_path / "out", preprocess={"max_reject_fraction": 0.05}))
+    assert not (tmp_path / "out").exists()

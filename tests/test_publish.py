@@ -1,0 +1,75 @@
+import json
+
+import datasets
+import numpy as np
+import pyarrow.parquet as pq
+import ray.data
+
+from pipeline import io, publish
+
+CLASSES = ["left", "right"]
+
+
+def _rows(n, origin, start=0):
+    rng = np.random.default_rng(start)
+    return [{"image": rng.integers(0, 255, (8, 8, 1), dtype=np.uint8), "label": i % 2, "label_source": "given",
+             "origin": origin, "source_ref": f"src#{start + i:04d}", "generator": None if origin == "real" else "g1"}
+            for i in range(n)]
+
+
+def _publish(target, rows_per_shard=4):
+    schema = publish.image_schema(CLASSES)
+    staging = io.resolve(str(target) + ".staging")
+    counts = {}
+    for split, rows in (("train", _rows(10, "real")), ("test", _rows(3, "real", 100))):
+        counts[split] = publish.write_split(ray.data.from_items(rows), staging.join("data"), split, schema, rows_per_shard)
+    synthetic = publish.write_split(ray.data.from_items(_rows(6, "synthetic", 200)), staging.join("synthetic"), "train",
+                                    schema, rows_per_shard)
+    card = publish.Card(name="t", class_names=CLASSES, split_rows=counts, synthetic_rows=synthetic,
+                        metrics={"tstr_accuracy": 0.5})
+    with staging.fs.open(staging.join("README.md").path, "w") as handle:
+        handle.write(publish.render_card(card))
+    io.commit(staging, io.resolve(str(target)))
+    return counts, synthetic
+
+
+def test_round_trip_with_load_dataset(tmp_path):
+    target = tmp_path / "out"
+    counts, synthetic = _publish(target)
+    assert counts == {"train": 10, "test": 3} and synthetic == 6
+    assert sorted(p.name for p in (target / "data").iterdir()) == [
+        "test-00000-of-00001.parquet", "train-00000-of-00003.parquet", "train-00001-of-00003.parquet",
+        "train-00002-of-00003.parquet"]
+    real = datasets.load_dataset(str(target))
+    assert {s: len(d) for s, d in real.items()} == {"train": 10, "test": 3}
+    features = real["train"].features
+    assert isinstance(features["image"], datasets.Image)
+    assert isinstance(features["label"], datasets.ClassLabel) and features["label"].names == CLASSES
+    first = real["train"][0]
+    assert first["image"].size == (8, 8) and first["origin"] == "real" and first["source_ref"] == "src#0000"
+    assert [r["source_ref"] for r in real["train"]] == [f"src#{i:04d}" for i in range(10)]  # order kept
+    fake = datasets.load_dataset(str(target), "synthetic")["train"]
+    assert len(fake) == 6 and set(fake["origin"]) == {"synthetic"} and set(fake["generator"]) == {"g1"}
+    assert not (tmp_path / "out.staging").exists()
+
+
+def test_features_survive_without_the_card(tmp_path):
+    _publish(tmp_path / "out")
+    schema = pq.read_schema(tmp_path / "out" / "data" / "test-00000-of-00001.parquet")
+    features = json.loads(schema.metadata[b"huggingface"])["info"]["features"]
+    assert features["label"] == {"names": CLASSES, "_type": "ClassLabel"} and features["image"] == {"_type": "Image"}
+
+
+def test_pixels_survive_png_encoding(tmp_path):
+    _publish(tmp_path / "out")
+    real = datasets.load_dataset(str(tmp_path / "out"), split="train")
+    expected = _rows(10, "real")[3]["image"][:, :, 0]
+    assert np.array_equal(np.asarray(real[3]["image"]), expected)
+
+
+def test_commit_replaces_the_previous_dataset(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "stale.txt").write_text("old")
+    _publish(target)
+    assert not (target / "stale.txt").exists() and (target / "README.md").exists()
