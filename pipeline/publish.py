@@ -124,12 +124,10 @@ class Card:
 def render_card(card: Card) -> str:
     configs = [{"config_name": "default", "data_files": [
         {"split": s, "path": f"data/{s}-*.parquet"} for s, n in card.split_rows.items() if n]}]
-    infos = [{"config_name": "default", "features": _features_yaml(card.class_names),
-              "splits": [{"name": s, "num_examples": n} for s, n in card.split_rows.items() if n]}]
+    infos = [{"config_name": "default", "features": _features_yaml(card.class_names)}]
     if card.synthetic_rows:
         configs.append({"config_name": "synthetic", "data_files": [{"split": "train", "path": "synthetic/train-*.parquet"}]})
-        infos.append({"config_name": "synthetic", "features": _features_yaml(card.class_names),
-                      "splits": [{"name": "train", "num_examples": card.synthetic_rows}]})
+        infos.append({"config_name": "synthetic", "features": _features_yaml(card.class_names)})
     header = yaml.safe_dump({"configs": configs, "dataset_info": infos, "task_categories": ["image-classification"],
                              "tags": ["datakiln", "synthetic"]}, sort_keys=False)
     lines = [

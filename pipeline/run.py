@@ -209,31 +209,31 @@ def run(spec: Spec, address: str | None = None) -> RunReport:
             synthetic_rows = publish.write_split(synthetic, staging.join("synthetic"), "train", schema_arrow,
                                                  spec.publish.rows_per_shard)
         rows_out = sum(published.values())
-        if rows_out + rows_rejected != rows_in:
-            raise RuntimeError(f"row accounting broken: {rows_in} in != {rows_out} out + {rows_rejected} rejected")
-        lineage = {
-            "run_id": run_id, "name": spec.name, "spec": spec.model_dump(mode="json"), "spec_hash": spec_hash,
-            "resolved_ops": resolved_ops, "code_version": _code_version(), "inputs": collected.fingerprints,
-            "seeds": {"spec": spec.seed, "split": spec.seed, "train": spec.seed, "sample": spec.seed,
-                      "evaluate": spec.seed},
-            "checkpoint": lineage_checkpoint, "timings_s": timings,
-            "rows": {"rows_in": rows_in, "rows_out": rows_out, "rows_rejected": rows_rejected,
-                     "rejected_by_reason": rejected_by_reason, "splits": published, "synthetic": synthetic_rows},
-            "image_shape": [shape.height, shape.width, shape.channels], "class_names": labels.class_names,
-            "run_dir": run_dir,
-        }
-        if synthetic is not None:
-            _write_samples(staging, train, synthetic, labels.class_names)
-        card = publish.Card(name=spec.name, class_names=labels.class_names, split_rows=published,
-                            synthetic_rows=synthetic_rows, rejected_by_reason=rejected_by_reason,
-                            metrics={k: v for k, v in metrics.items() if not isinstance(v, list)},
-                            lineage_summary={"spec_hash": spec_hash, "inputs": collected.fingerprints,
-                                             "generator": lineage_checkpoint, "rows": lineage["rows"]})
-        with staging.fs.open(staging.join("README.md").path, "w") as handle:
-            handle.write(publish.render_card(card))
-        publish.write_json(staging.join("metrics.json"), metrics)
-        publish.write_json(staging.join("lineage.json"), lineage)
-        io.commit(staging, target)
+    if rows_out + rows_rejected != rows_in:
+        raise RuntimeError(f"row accounting broken: {rows_in} in != {rows_out} out + {rows_rejected} rejected")
+    lineage = {
+        "run_id": run_id, "name": spec.name, "spec": spec.model_dump(mode="json"), "spec_hash": spec_hash,
+        "resolved_ops": resolved_ops, "code_version": _code_version(), "inputs": collected.fingerprints,
+        "seeds": {"spec": spec.seed, "split": spec.seed, "train": spec.seed, "sample": spec.seed,
+                  "evaluate": spec.seed},
+        "checkpoint": lineage_checkpoint, "timings_s": timings,
+        "rows": {"rows_in": rows_in, "rows_out": rows_out, "rows_rejected": rows_rejected,
+                 "rejected_by_reason": rejected_by_reason, "splits": published, "synthetic": synthetic_rows},
+        "image_shape": [shape.height, shape.width, shape.channels], "class_names": labels.class_names,
+        "run_dir": run_dir,
+    }
+    if synthetic is not None:
+        _write_samples(staging, train, synthetic, labels.class_names)
+    card = publish.Card(name=spec.name, class_names=labels.class_names, split_rows=published,
+                        synthetic_rows=synthetic_rows, rejected_by_reason=rejected_by_reason,
+                        metrics={k: v for k, v in metrics.items() if not isinstance(v, list)},
+                        lineage_summary={"spec_hash": spec_hash, "inputs": collected.fingerprints,
+                                         "generator": lineage_checkpoint, "rows": lineage["rows"]})
+    with staging.fs.open(staging.join("README.md").path, "w") as handle:
+        handle.write(publish.render_card(card))
+    publish.write_json(staging.join("metrics.json"), metrics)
+    publish.write_json(staging.join("lineage.json"), lineage)
+    io.commit(staging, target)
     publish.write_json(io.resolve(os.path.join(run_dir, "lineage.json")), lineage)
     log("publish", f"{rows_out} real rows ({published}) + {synthetic_rows} synthetic → {target.url}")
     return RunReport(target=target.url, run_dir=run_dir, metrics=metrics, lineage=lineage, timings=timings)

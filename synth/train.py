@@ -72,7 +72,10 @@ def train_loop(config: dict[str, Any]) -> None:
     cfg, schema = TrainConfig(**config["train"]), ImageSchema(**config["schema"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Ray Train logs every report at INFO (its LoggingConfig level does not reach the
+    # console); datakiln prints one line per epoch instead.
+    for name in ("ray.data", "ray.train"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     # Ray gives each worker one thread; use this node's cores, shared by its workers.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
     torch.manual_seed(cfg.seed * 1000 + rank)
@@ -130,7 +133,6 @@ def fit(train: ray.data.Dataset, schema: ImageSchema, cfg: TrainConfig, *, worke
             name=run_name, storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
         datasets={"train": train.select_columns(["image", "label"])},
     )

@@ -76,6 +76,13 @@ def blob_images(n: int, size: int = 12, seed: int = 0) -> tuple[np.ndarray, np.n
     return images, labels
 
 
+def load_published(path, *args, tmp_path: Path, **kwargs):
+    """`datasets.load_dataset` with a cache of its own, so no earlier test's cache is read."""
+    import datasets
+
+    return datasets.load_dataset(str(path), *args, cache_dir=str(tmp_path / "hf-cache"), **kwargs)
+
+
 @pytest.fixture
 def tiny_idx(tmp_path: Path) -> tuple[Path, Path]:
     images, labels = blob_images(64)

@@ -3,11 +3,12 @@
 import json
 
 import datasets
+import numpy as np
 import pytest
 
 from pipeline import build_spec, load_spec, run
 from pipeline.errors import GateError
-from tests.conftest import MNIST_IMAGES, MNIST_LABELS, ROOT, blob_images, png_bytes
+from tests.conftest import MNIST_IMAGES, MNIST_LABELS, ROOT, blob_images, load_published, png_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -21,14 +22,16 @@ def test_mnist_subset_end_to_end(tmp_path):
     report = run(spec)
     out = tmp_path / "out"
 
-    real = datasets.load_dataset(str(out))
-    assert {s: len(d) for s, d in real.items()} == {"train": 1200, "test": 300}
+    real = load_published(str(out), tmp_path=tmp_path)
+    per_class = np.bincount(list(real["train"]["label"]) + list(real["test"]["label"]), minlength=10)
+    assert len(real["test"]) == sum(round(n * 0.2) for n in per_class)  # exact per class
+    assert len(real["train"]) + len(real["test"]) == 1500
     assert real["train"].features["label"].names == [str(i) for i in range(10)]
     assert isinstance(real["train"].features["image"], datasets.Image)
     assert real["train"][0]["image"].size == (28, 28)
     assert real["train"][0]["source_ref"].startswith("file://") and "#" in real["train"][0]["source_ref"]
     assert len(list((out / "data").glob("train-*-of-00003.parquet"))) == 3
-    synthetic = datasets.load_dataset(str(out), "synthetic")["train"]
+    synthetic = load_published(str(out), "synthetic", tmp_path=tmp_path)["train"]
     assert len(synthetic) == 120 and sorted(set(synthetic["label"])) == list(range(10))
     assert set(synthetic["origin"]) == {"synthetic"} and synthetic[0]["generator"].startswith("cvae-")
 
@@ -71,9 +74,9 @@ def test_image_folder_rejects_are_accounted_and_reproducible(tmp_path):
     rows = report.lineage["rows"]
     assert rows["rows_in"] == total and rows["rows_rejected"] == 4 and rows["rows_out"] == total - 4
     assert rows["rejected_by_reason"] == {"decode: undecodable image": 2, "decode: empty file": 1, "dedup: duplicate": 1}
-    rejects = datasets.load_dataset("parquet", data_files=f"{report.run_dir}/rejects/*.parquet")["train"]
+    rejects = load_published("parquet", data_files=f"{report.run_dir}/rejects/*.parquet", tmp_path=tmp_path)["train"]
     assert any(r["reason"].startswith("dedup: duplicate of file://") and r["source_ref"].endswith("dup.png") for r in rejects)
-    real = datasets.load_dataset(str(tmp_path / "a"))
+    real = load_published(str(tmp_path / "a"), tmp_path=tmp_path)
     assert real["train"].features["label"].names == ["left", "right"] and len(real["test"]) == 8
 
     run(_folder_spec(tmp_path, tmp_path / "b", preprocess={"max_reject_fraction": 0.2}))

@@ -6,6 +6,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from pipeline import io, publish
+from tests.conftest import load_published
 
 CLASSES = ["left", "right"]
 
@@ -40,7 +41,7 @@ def test_round_trip_with_load_dataset(tmp_path):
     assert sorted(p.name for p in (target / "data").iterdir()) == [
         "test-00000-of-00001.parquet", "train-00000-of-00003.parquet", "train-00001-of-00003.parquet",
         "train-00002-of-00003.parquet"]
-    real = datasets.load_dataset(str(target))
+    real = load_published(str(target), tmp_path=tmp_path)
     assert {s: len(d) for s, d in real.items()} == {"train": 10, "test": 3}
     features = real["train"].features
     assert isinstance(features["image"], datasets.Image)
@@ -48,7 +49,7 @@ def test_round_trip_with_load_dataset(tmp_path):
     first = real["train"][0]
     assert first["image"].size == (8, 8) and first["origin"] == "real" and first["source_ref"] == "src#0000"
     assert [r["source_ref"] for r in real["train"]] == [f"src#{i:04d}" for i in range(10)]  # order kept
-    fake = datasets.load_dataset(str(target), "synthetic")["train"]
+    fake = load_published(str(target), "synthetic", tmp_path=tmp_path)["train"]
     assert len(fake) == 6 and set(fake["origin"]) == {"synthetic"} and set(fake["generator"]) == {"g1"}
     assert not (tmp_path / "out.staging").exists()
 
@@ -62,7 +63,7 @@ def test_features_survive_without_the_card(tmp_path):
 
 def test_pixels_survive_png_encoding(tmp_path):
     _publish(tmp_path / "out")
-    real = datasets.load_dataset(str(tmp_path / "out"), split="train")
+    real = load_published(str(tmp_path / "out"), split="train", tmp_path=tmp_path)
     expected = _rows(10, "real")[3]["image"][:, :, 0]
     assert np.array_equal(np.asarray(real[3]["image"]), expected)
 
