@@ -7,6 +7,7 @@ Every input row is accounted for: rows_in = rows_out + rows_rejected, by reason.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import tempfile
@@ -109,7 +110,9 @@ def run(spec: Spec, address: str | None = None) -> RunReport:
 
     timings: dict[str, float] = {}
     spec_hash = spec.spec_hash()
-    run_id = spec_hash[:12]
+    # Same spec + same datakiln release → same run dir (reruns resume its checkpoints).
+    code_version = _code_version()
+    run_id = hashlib.sha256(f"{spec_hash}:{code_version['datakiln']}".encode()).hexdigest()[:12]
     run_dir = os.path.abspath(os.path.join(spec.run_root, spec.name, run_id))
     os.makedirs(run_dir, exist_ok=True)
     connect(address, temp_dir=os.path.join(tempfile.gettempdir(), "datakiln-ray"))
@@ -213,7 +216,7 @@ def run(spec: Spec, address: str | None = None) -> RunReport:
         raise RuntimeError(f"row accounting broken: {rows_in} in != {rows_out} out + {rows_rejected} rejected")
     lineage = {
         "run_id": run_id, "name": spec.name, "spec": spec.model_dump(mode="json"), "spec_hash": spec_hash,
-        "resolved_ops": resolved_ops, "code_version": _code_version(), "inputs": collected.fingerprints,
+        "resolved_ops": resolved_ops, "code_version": code_version, "inputs": collected.fingerprints,
         "seeds": {"spec": spec.seed, "split": spec.seed, "train": spec.seed, "sample": spec.seed,
                   "evaluate": spec.seed},
         "checkpoint": lineage_checkpoint, "timings_s": timings,

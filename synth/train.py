@@ -23,6 +23,7 @@ from ray.train.torch import TorchTrainer
 
 from synth.models import get_model
 from synth.models.base import ImageSchema, save_generator
+from synth.step import optimizer_step, prepare_module, to_model_input
 
 
 @dataclass(frozen=True)
@@ -33,13 +34,6 @@ class TrainConfig:
     batch_size: int
     learning_rate: float
     seed: int
-
-
-def _to_model_input(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    images = batch["image"].permute(0, 3, 1, 2).float().div_(255.0)
-    if images.is_cuda:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, batch["label"].long()
 
 
 def _load_checkpoint(module, optimizer) -> int:
@@ -67,43 +61,44 @@ def _save_checkpoint(module, optimizer, epoch: int, metrics: dict[str, float]) -
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
+def _quiet_ray_logs() -> None:
+    """Ray Train logs every report at INFO through a logger named by its file path (so its
+    LoggingConfig level does not apply); datakiln prints one line per epoch instead."""
+    from ray.train.v2._internal.execution import context as train_context
+
+    for name in ("ray.data", "ray.train", train_context.__file__):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """Runs on every worker; `config` holds a `TrainConfig` and the `ImageSchema` as dicts."""
     cfg, schema = TrainConfig(**config["train"]), ImageSchema(**config["schema"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    # Ray Train logs every report at INFO (its LoggingConfig level does not reach the
-    # console); datakiln prints one line per epoch instead.
-    for name in ("ray.data", "ray.train"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    _quiet_ray_logs()
     # Ray gives each worker one thread; use this node's cores, shared by its workers.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
     torch.manual_seed(cfg.seed * 1000 + rank)
     device = ray.train.torch.get_device()
     model = get_model(cfg.model)
-    module = ray.train.torch.prepare_model(model.build(schema, cfg.model_config))
+    module = ray.train.torch.prepare_model(prepare_module(model.build(schema, cfg.model_config), device))
     optimizer = torch.optim.Adam(module.parameters(), lr=cfg.learning_rate)
     start = _load_checkpoint(module, optimizer)
     shard = ray.train.get_dataset_shard("train")
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     for epoch in range(start, cfg.epochs):
         module.train()
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         seen, began = 0, time.perf_counter()
         for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, device=device,
                                               local_shuffle_buffer_size=4 * cfg.batch_size,
                                               local_shuffle_seed=cfg.seed * 1000 + epoch * world + rank):
-            images, labels = _to_model_input(batch)
-            with amp:
-                losses = model.training_step(module, images, labels)
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            optimizer.step()
+            images, labels = to_model_input(batch)
+            losses = optimizer_step(model, module, optimizer, images, labels)
             for key, value in losses.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach()) * len(labels)
+                sums[key] = sums.get(key, 0.0) + value.float() * len(labels)  # no GPU sync per step
             seen += len(labels)
         metrics = {"epoch": epoch, "images_per_s": seen * world / max(time.perf_counter() - began, 1e-9),
-                   **{k: v / max(seen, 1) for k, v in sums.items()}}
+                   **{k: float(v) / max(seen, 1) for k, v in sums.items()}}
         if rank == 0:
             shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch")
             # sys.stdout, not print: Ray Train re-routes print() and shows each line twice.

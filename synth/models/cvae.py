@@ -1,8 +1,10 @@
-"""Convolutional conditional VAE: the class enters the encoder and the decoder as a one-hot.
+"""Convolutional conditional VAE.
 
-Two stride-2 convolutions each way, so image sides must be multiples of 4 (the resize
-operator guarantees that). Pixels are modelled as Bernoulli means (BCE with logits), the
-sample is the decoder's mean image.
+The class enters as a one-hot everywhere it can steer the output: as constant input
+channels of the encoder, beside the latent code, and as constant channels at each decoder
+resolution (so the decoder cannot ignore it in favour of the latent). Two stride-2 layers
+each way, so image sides must be multiples of 4 (the resize operator guarantees that).
+Pixels are Bernoulli means (BCE with logits); a sample is the decoder's mean image.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ class _CVAE(nn.Module):
         flat = self.grid[0] * self.grid[1] * self.grid[2]
         k = schema.num_classes
         self.encoder = nn.Sequential(
-            nn.Conv2d(schema.channels, width, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(schema.channels + k, width, 4, 2, 1), nn.LeakyReLU(0.2),
             nn.Conv2d(width, 2 * width, 4, 2, 1), nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2),
             nn.Flatten(),
         )
@@ -33,17 +35,23 @@ class _CVAE(nn.Module):
         self.from_latent = nn.Sequential(
             nn.Linear(latent_dim + k, hidden), nn.ReLU(), nn.Linear(hidden, flat), nn.ReLU()
         )
-        self.decoder = nn.Sequential(
-            nn.ConvTranspose2d(2 * width, width, 4, 2, 1), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.ConvTranspose2d(width, schema.channels, 4, 2, 1),
-        )
+        self.up1 = nn.Sequential(nn.ConvTranspose2d(2 * width + k, width, 4, 2, 1), nn.BatchNorm2d(width), nn.ReLU())
+        self.up2 = nn.ConvTranspose2d(width + k, schema.channels, 4, 2, 1)
+
+    @staticmethod
+    def _with_class_maps(x: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        maps = onehot[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3]).to(x.dtype)
+        return torch.cat([x, maps], 1)
 
     def decode(self, z: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.from_latent(torch.cat([z, onehot], 1)).view(-1, *self.grid))
+        x = self.from_latent(torch.cat([z, onehot], 1)).view(-1, *self.grid)
+        x = self.up1(self._with_class_maps(x, onehot))
+        return self.up2(self._with_class_maps(x, onehot))
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor):
         onehot = F.one_hot(labels, self.schema.num_classes).float()
-        stats = self.to_stats(self.to_hidden(torch.cat([self.encoder(images), onehot], 1)))
+        features = self.encoder(self._with_class_maps(images, onehot))
+        stats = self.to_stats(self.to_hidden(torch.cat([features, onehot], 1)))
         mu, logvar = stats.chunk(2, dim=1)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         return self.decode(z, onehot), mu, logvar
