@@ -30,6 +30,32 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("spec")
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
 
+    submit = commands.add_parser("submit", help="run a spec on a Ray cluster through the Ray Jobs API")
+    submit.add_argument("spec")
+    submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    submit.add_argument("--address", help="Ray dashboard URL (default: RAY_ADDRESS or http://127.0.0.1:8265)")
+    submit.add_argument("--wait", action="store_true", help="wait for the job to end; exit non-zero unless it succeeds")
+    submit.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
+    submit.add_argument("--pip", action="append", default=[], metavar="REQUIREMENT", help="extra pip requirement")
+    submit.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable")
+    submit.add_argument("--image", help="container image with datakiln installed (runtime env image_uri)")
+
+    job = commands.add_parser("job", help="follow a submitted job")
+    job.add_argument("action", choices=["status", "logs", "stop"])
+    job.add_argument("job_id")
+    job.add_argument("--address")
+
+    k8s = commands.add_parser("k8s", help="Kubernetes (KubeRay) manifests")
+    k8s_commands = k8s.add_subparsers(dest="k8s_command", required=True)
+    render = k8s_commands.add_parser("render", help="print a RayJob + ConfigMap for a spec")
+    render.add_argument("spec")
+    render.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    render.add_argument("--image", default=None, help="datakiln image (see k8s/Dockerfile)")
+    render.add_argument("--gpus", type=int, default=0, help="maximum GPU workers, one GPU each")
+    render.add_argument("--workers", default="1:4", help="MIN:MAX CPU workers for the autoscaler")
+    render.add_argument("--secret", help="Secret whose keys become env vars (storage credentials)")
+    render.add_argument("--namespace")
+
     demo = commands.add_parser("demo", help="the whole flow on scikit-learn's bundled digits")
     demo.add_argument("--out", default="./out/digits-demo", help="where to publish (any fsspec URL)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
@@ -59,6 +85,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         spec = load_spec(args.spec, args.overrides)
         print(f"{args.spec}: valid (spec hash {spec.spec_hash()[:12]})")
         return 0
+    if args.command == "submit":
+        return _submit(args, load_spec(args.spec, args.overrides))
+    if args.command == "job":
+        return _job(args)
+    if args.command == "k8s":
+        from cluster import kube
+
+        spec = load_spec(args.spec, args.overrides)
+        documents = kube.render(spec, image=args.image or kube.DEFAULT_IMAGE, gpus=args.gpus,
+                                workers=kube.parse_workers(args.workers), secret=args.secret, namespace=args.namespace)
+        print(kube.render_yaml(documents), end="")
+        return 0
     from pipeline.run import run
 
     if args.command == "demo":
@@ -68,6 +106,37 @@ def _dispatch(args: argparse.Namespace) -> int:
         spec = load_spec(args.spec, args.overrides)
         address = args.address
     _print_result(run(spec, address=address))
+    return 0
+
+
+def _submit(args: argparse.Namespace, spec) -> int:
+    from cluster import jobs
+
+    env = dict(item.split("=", 1) for item in args.env if "=" in item)
+    if len(env) != len(args.env):
+        raise DatakilnError(f"--env: expected KEY=VALUE, got {[e for e in args.env if '=' not in e][0]!r}")
+    options = jobs.RuntimeOptions(pip=args.pip, env=env, image=args.image)
+    job_id = jobs.submit(spec, args.address, options)
+    print(job_id)
+    if not args.wait:
+        return 0
+    final = jobs.wait(job_id, args.address, timeout_s=args.timeout)
+    print(f"{job_id}: {final}")
+    if final != "SUCCEEDED":
+        tail = jobs.logs(job_id, args.address).strip().splitlines()[-1:] or [""]
+        raise DatakilnError(f"job {job_id} ended {final}: {tail[0]}")
+    return 0
+
+
+def _job(args: argparse.Namespace) -> int:
+    from cluster import jobs
+
+    if args.action == "status":
+        print(jobs.status(args.job_id, args.address))
+    elif args.action == "logs":
+        print(jobs.logs(args.job_id, args.address), end="")
+    else:
+        print("stopped" if jobs.stop(args.job_id, args.address) else "already ended")
     return 0
 
 
