@@ -78,6 +78,10 @@ def _print_result(report) -> None:
         print(f"  python -c \"import datasets; print(datasets.load_dataset('{location}', 'synthetic'))\"")
 
 
+def _synthesizes(args: argparse.Namespace) -> bool:
+    return args.command in ("run", "demo") and "synthesize.enabled=false" not in args.overrides
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     from pipeline.spec import load_spec
 
@@ -97,6 +101,9 @@ def _dispatch(args: argparse.Namespace) -> int:
                                 workers=kube.parse_workers(args.workers), secret=args.secret, namespace=args.namespace)
         print(kube.render_yaml(documents), end="")
         return 0
+    if _synthesizes(args):
+        # torch's MKL loader needs static TLS that late loads (after pyarrow, Ray) may not find.
+        import torch  # noqa: F401
     from pipeline.run import run
 
     if args.command == "demo":
