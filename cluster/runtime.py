@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 
 LOCAL_MIN_LOGICAL_CPUS = 4
 """More logical CPUs than cores avoids actor-pool deadlocks on small machines."""
 
 
 def connect(address: str | None = None, temp_dir: str | None = None) -> None:
+    """Use the running Ray, the cluster at `address`/`RAY_ADDRESS`, or start an embedded one
+    (temp files under `temp_dir`, default `<tmp>/datakiln-ray`)."""
     import ray
 
     if ray.is_initialized():
@@ -34,7 +37,7 @@ def connect(address: str | None = None, temp_dir: str | None = None) -> None:
         include_dashboard=True,  # Ray Train's placement-group cleaner needs the state API
         dashboard_host="127.0.0.1",
         _node_ip_address="127.0.0.1",
-        _temp_dir=os.path.abspath(temp_dir) if temp_dir else None,
+        _temp_dir=os.path.abspath(temp_dir or os.path.join(tempfile.gettempdir(), "datakiln-ray")),
         logging_level=logging.WARNING,
         configure_logging=True,
         logging_config=_worker_logging(),

@@ -56,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--secret", help="Secret whose keys become env vars (storage credentials)")
     render.add_argument("--namespace")
 
+    evaluate = commands.add_parser("evaluate", help="compare a published synthetic set with published real splits")
+    evaluate.add_argument("--real", required=True, help="published dataset with data/train-* and data/test-* shards")
+    evaluate.add_argument("--synthetic", help="published dataset with synthetic/train-* shards (default: --real)")
+    evaluate.add_argument("--out", help="folder for metrics.json and plots (any fsspec URL)")
+    evaluate.add_argument("--epochs", type=int, default=8, help="epochs of the fixed classifier recipe")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--address")
+
     demo = commands.add_parser("demo", help="the whole flow on scikit-learn's bundled digits")
     demo.add_argument("--out", default="./out/digits-demo", help="where to publish (any fsspec URL)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
@@ -82,6 +90,23 @@ def _synthesizes(args: argparse.Namespace) -> bool:
     return args.command in ("run", "demo") and "synthesize.enabled=false" not in args.overrides
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    import torch  # noqa: F401  (before Ray and pyarrow: see _dispatch)
+
+    from cluster.runtime import configure_data_context, connect
+    from pipeline.evaluate import evaluate_published
+
+    connect(args.address)
+    configure_data_context()
+    metrics = evaluate_published(args.real, args.synthetic or args.real, args.out, args.epochs, args.seed)
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            print(f"{key}: {value:.4f}")
+    if args.out:
+        print(f"metrics and plots written to {args.out}")
+    return 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     from pipeline.spec import load_spec
 
@@ -101,6 +126,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                                 workers=kube.parse_workers(args.workers), secret=args.secret, namespace=args.namespace)
         print(kube.render_yaml(documents), end="")
         return 0
+    if args.command == "evaluate":
+        return _evaluate(args)
     if _synthesizes(args):
         # torch's MKL loader needs static TLS that late loads (after pyarrow, Ray) may not find.
         import torch  # noqa: F401

@@ -30,3 +30,46 @@ def sample_grid(real: dict[str, np.ndarray], synthetic: dict[str, np.ndarray], c
     axes[0, per_class + 1 + per_class // 2].set_title("synthetic", fontsize=9)
     figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
+
+
+def utility_bars(tstr_recall: list[float], trtr_recall: list[float], class_names: list[str], path: str) -> None:
+    """Per-class recall of the classifier trained on synthetic vs on real data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    positions = np.arange(len(class_names))
+    figure, axis = plt.subplots(figsize=(max(5.0, 0.5 * len(class_names) + 2), 3.2))
+    axis.bar(positions - 0.2, trtr_recall, width=0.4, label="trained on real (TRTR)", color="#888888")
+    axis.bar(positions + 0.2, tstr_recall, width=0.4, label="trained on synthetic (TSTR)", color="#d9622b")
+    axis.set_xticks(positions, class_names, rotation=45 if len(class_names) > 12 else 0, fontsize=8)
+    axis.set_ylim(0, 1.05)
+    axis.set_ylabel("recall on real test split")
+    axis.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def class_means(real: np.ndarray, synthetic: np.ndarray, class_names: list[str], path: str) -> None:
+    """Mean image per class: real train split (top row) vs synthetic (bottom row)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = len(class_names)
+    figure, axes = plt.subplots(2, count, figsize=(count * 0.8 + 0.8, 2.0), squeeze=False)
+    for row, (title, means) in enumerate((("real", real), ("synthetic", synthetic))):
+        for k in range(count):
+            image = means[k] / 255.0
+            axis = axes[row, k]
+            axis.imshow(image[:, :, 0] if image.shape[2] == 1 else image, cmap="gray", vmin=0, vmax=1)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(class_names[k], fontsize=7)
+        axes[row, 0].set_ylabel(title, fontsize=8)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)

@@ -147,15 +147,34 @@ def render_card(card: Card) -> str:
         lines += ["## Rejected records", "", "| reason | rows |", "| --- | --- |",
                   *(f"| {r} | {n} |" for r, n in sorted(card.rejected_by_reason.items())), ""]
     if card.metrics:
-        lines += ["## Quality of the synthetic data", "",
-                  "TSTR: a fixed small CNN trained on synthetic, tested on the real test split; TRTR: the same",
-                  "recipe trained on the real train split. `tstr_ratio` = TSTR / TRTR (1.0 = as useful as real data).", "",
-                  "| metric | value |", "| --- | --- |",
-                  *(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in card.metrics.items()), ""]
+        lines += ["## Quality of the synthetic data", "", *READING_GUIDE, "",
+                  "| metric | synthetic | floor (real train vs real test) |", "| --- | --- | --- |",
+                  *(_metric_row(k, card.metrics) for k in card.metrics
+                    if not k.endswith(("_floor", "_real")) and isinstance(card.metrics[k], (int, float))), "",
+                  "![per-class recall](utility.png)", "", "![class means](class_means.png)", ""]
     lines += ["## Samples", "", "Each row is one class: real examples on the left, synthetic on the right.", "",
               "![samples](samples.png)", "", "## Lineage", "", "```json",
               json.dumps(card.lineage_summary, indent=2), "```", "", "Full record: `lineage.json`.", ""]
     return "\n".join(lines)
+
+
+READING_GUIDE = [
+    "How to read these numbers. **Utility**: a fixed small CNN trained on synthetic data and tested on",
+    "the real test split (TSTR) against the same recipe trained on real data (TRTR); `tstr_ratio` near",
+    "1 means the synthetic data teaches as much as the real data; `augment_gain` is the accuracy",
+    "change from adding the synthetic set to the real one. **Distances** are measured in the feature",
+    "space of that real-trained classifier (nothing downloaded): `fid_domain`/`kid_domain` (lower is",
+    "better) are only meaningful next to their floor, the same distance between two real samples;",
+    "`precision` (realism), `recall` (coverage of the real variety), `density` and `coverage` are in",
+    "[0, 1] (density can exceed 1). **Memorisation**: `dcr_ratio` well below 1 or a non-zero",
+    "`nn_copy_fraction` means the generator reproduces training images.",
+]
+
+
+def _metric_row(key: str, metrics: dict[str, Any]) -> str:
+    floor = metrics.get(f"{key}_floor", metrics.get(f"{key}_real"))
+    shown = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    return f"| {key} | {shown(metrics[key])} | {shown(floor) if floor is not None else ''} |"
 
 
 def write_json(loc: dkio.Location, payload: Any) -> None:

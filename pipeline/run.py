@@ -23,6 +23,7 @@ import ray.data
 from pipeline import io, ops, publish, sources
 from pipeline.annotate import apply_labels, discover_labels
 from pipeline.errors import GateError, SourceError
+from pipeline.gates import failed_gates
 from pipeline.ops.base import REJECT_REASON
 from pipeline.spec import Spec
 from pipeline.split import assign_splits
@@ -115,7 +116,7 @@ def run(spec: Spec, address: str | None = None) -> RunReport:
     run_id = hashlib.sha256(f"{spec_hash}:{code_version['datakiln']}".encode()).hexdigest()[:12]
     run_dir = os.path.abspath(os.path.join(spec.run_root, spec.name, run_id))
     os.makedirs(run_dir, exist_ok=True)
-    connect(address, temp_dir=os.path.join(tempfile.gettempdir(), "datakiln-ray"))
+    connect(address)
     configure_data_context()
     log("run", f"{spec.name} run {run_id} → {run_dir}")
 
@@ -162,7 +163,7 @@ def run(spec: Spec, address: str | None = None) -> RunReport:
     num_classes = len(labels.class_names)
     metrics: dict[str, Any] = {}
     lineage_checkpoint: dict[str, Any] | None = None
-    synthetic = None
+    synthetic = evaluation = None
     if spec.synthesize.enabled:
         from synth.models.base import ImageSchema
         from synth.sample import sample
@@ -191,15 +192,22 @@ def run(spec: Spec, address: str | None = None) -> RunReport:
                                syn.sampler_actors).materialize()
             log("sample", f"{synthetic.count()} images from {generator_id}")
         if spec.evaluate.enabled:
-            from synth.metrics.utility import tstr_trtr
+            from synth.metrics import evaluate_images
 
             with _timed(timings, "evaluate"):
-                metrics.update(tstr_trtr(train, test, synthetic, (shape.height, shape.width, shape.channels),
-                                         num_classes, spec.evaluate.classifier_epochs, spec.seed))
-                log("evaluate", f"tstr_accuracy {metrics['tstr_accuracy']:.4f}, trtr_accuracy "
-                    f"{metrics['trtr_accuracy']:.4f}, tstr_ratio {metrics['tstr_ratio']:.3f}")
+                evaluation = evaluate_images(train, test, synthetic, (shape.height, shape.width, shape.channels),
+                                             num_classes, spec.evaluate.classifier_epochs, spec.seed,
+                                             k=spec.evaluate.k, copy_fraction=spec.evaluate.copy_fraction)
+                metrics.update(evaluation.metrics)
+                lineage_checkpoint["feature_extractor_sha256"] = evaluation.extractor_sha256
+                log("evaluate", ", ".join(f"{key} {metrics[key]:.4g}" for key in (
+                    "tstr_accuracy", "trtr_accuracy", "tstr_ratio", "fid_domain", "fid_domain_floor", "precision",
+                    "recall", "nn_copy_fraction")))
 
-    target = io.resolve(spec.publish_target(), spec.publish.storage_options)
+    failures = failed_gates(spec.evaluate.gates, metrics)
+    # A run that fails a gate publishes its candidate under the run dir, never at the target.
+    target = io.resolve(os.path.join(run_dir, "candidate") if failures else spec.publish_target(),
+                        {} if failures else spec.publish.storage_options)
     with _timed(timings, "publish"):
         staging = io.resolve(f"{target.url.rstrip('/')}.staging-{run_id}", spec.publish.storage_options)
         if staging.fs.exists(staging.path):
@@ -227,6 +235,8 @@ def run(spec: Spec, address: str | None = None) -> RunReport:
     }
     if synthetic is not None:
         _write_samples(staging, train, synthetic, labels.class_names)
+    if evaluation is not None:
+        _write_report_plots(staging, evaluation, labels.class_names)
     card = publish.Card(name=spec.name, class_names=labels.class_names, split_rows=published,
                         synthetic_rows=synthetic_rows, rejected_by_reason=rejected_by_reason,
                         metrics={k: v for k, v in metrics.items() if not isinstance(v, list)},
@@ -238,8 +248,22 @@ def run(spec: Spec, address: str | None = None) -> RunReport:
     publish.write_json(staging.join("lineage.json"), lineage)
     io.commit(staging, target)
     publish.write_json(io.resolve(os.path.join(run_dir, "lineage.json")), lineage)
+    if failures:
+        raise GateError(f"evaluate.gates failed: {'; '.join(failures)}; nothing published, candidate at {target.url}")
     log("publish", f"{rows_out} real rows ({published}) + {synthetic_rows} synthetic → {target.url}")
     return RunReport(target=target.url, run_dir=run_dir, metrics=metrics, lineage=lineage, timings=timings)
+
+
+def _write_report_plots(staging: io.Location, evaluation, class_names: list[str]) -> None:
+    from pipeline.plots import class_means, utility_bars
+
+    with tempfile.TemporaryDirectory() as folder:
+        utility_bars(evaluation.metrics["tstr_per_class_recall"], evaluation.metrics["trtr_per_class_recall"],
+                     class_names, os.path.join(folder, "utility.png"))
+        class_means(evaluation.class_means["real"], evaluation.class_means["synthetic"], class_names,
+                    os.path.join(folder, "class_means.png"))
+        for name in ("utility.png", "class_means.png"):
+            staging.fs.put_file(os.path.join(folder, name), staging.join(name).path)
 
 
 def _write_samples(staging: io.Location, train: ray.data.Dataset, synthetic: ray.data.Dataset,

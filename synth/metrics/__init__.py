@@ -1,1 +1,68 @@
-"""Evaluation metrics, one family per module."""
+"""Evaluation of synthetic images against held-out real ones, one metric family per module.
+
+`evaluate_images` returns the stable `metrics.json` keys: utility (`utility`), distances in
+the domain classifier's feature space (`fid`, `kid`, `prdc`, `inception_score`), each with
+its real-train-vs-real-held-out floor, and memorisation in pixel space (`privacy`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray.data
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, Any]
+    """Scalars and per-class lists, as written to `metrics.json`."""
+    class_means: dict[str, np.ndarray]
+    """Mean image per class of the real train split and of the synthetic set (for the report)."""
+    extractor_sha256: str
+
+
+def _pixels(dataset: ray.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for batch in dataset.select_columns(["image", "label"]).iter_batches(batch_size=4096, batch_format="numpy"):
+        images.append(batch["image"])
+        labels.append(batch["label"])
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _class_means(images: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.stack([images[labels == k].mean(0) if np.any(labels == k) else np.zeros(images.shape[1:])
+                     for k in range(num_classes)])
+
+
+def evaluate_images(real_train: ray.data.Dataset, real_test: ray.data.Dataset, synthetic: ray.data.Dataset,
+                    shape: tuple[int, int, int], num_classes: int, epochs: int, seed: int,
+                    k: int = 3, copy_fraction: float = 0.1) -> Evaluation:
+    from synth.metrics import classifier
+    from synth.metrics.fid import fid
+    from synth.metrics.inception_score import inception_score
+    from synth.metrics.kid import kid
+    from synth.metrics.prdc import prdc
+    from synth.metrics.privacy import memorisation
+    from synth.metrics.utility import utility
+
+    metrics, extractor = utility(real_train, real_test, synthetic, shape, num_classes, epochs, seed)
+    train_emb, test_emb, syn_emb = (classifier.embed(extractor, d) for d in (real_train, real_test, synthetic))
+    metrics["fid_domain"] = fid(syn_emb["features"], test_emb["features"])
+    metrics["fid_domain_floor"] = fid(train_emb["features"], test_emb["features"])
+    metrics["fid_domain_ratio"] = metrics["fid_domain"] / max(metrics["fid_domain_floor"], 1e-12)
+    metrics["kid_domain"] = kid(syn_emb["features"], test_emb["features"])
+    metrics["kid_domain_floor"] = kid(train_emb["features"], test_emb["features"])
+    metrics["is_domain"] = inception_score(syn_emb["probs"])
+    metrics["is_domain_real"] = inception_score(test_emb["probs"])
+    metrics.update(prdc(test_emb["features"], syn_emb["features"], k=k))
+    metrics.update({f"{key}_floor": value for key, value in prdc(test_emb["features"], train_emb["features"], k=k).items()})
+
+    train_px, train_labels = _pixels(real_train)
+    test_px, _ = _pixels(real_test)
+    syn_px, syn_labels = _pixels(synthetic)
+    flat = lambda x: x.reshape(len(x), -1).astype(np.float32) / 255.0  # noqa: E731
+    metrics.update(memorisation(flat(syn_px), flat(train_px), flat(test_px), copy_fraction))
+    means = {"real": _class_means(train_px, train_labels, num_classes),
+             "synthetic": _class_means(syn_px, syn_labels, num_classes)}
+    return Evaluation(metrics=metrics, class_means=means, extractor_sha256=classifier.weights_sha256(extractor))

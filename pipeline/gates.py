@@ -1,0 +1,48 @@
+"""Publish gates: `evaluate.gates` maps a metric to a condition such as ">= 0.9".
+
+A run whose metrics fail any gate publishes nothing at the target; its candidate dataset
+stays under the run directory, and the error names each failed gate with value and limit.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from typing import Any
+
+GATE_METRICS = (
+    "fid_domain", "fid_domain_floor", "fid_domain_ratio", "kid_domain", "kid_domain_floor", "is_domain",
+    "precision", "recall", "density", "coverage", "tstr_accuracy", "trtr_accuracy", "tstr_ratio", "tstr_macro_f1",
+    "augment_gain", "nn_copy_fraction", "dcr_ratio",
+)
+_OPERATORS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt,
+              "<": operator.lt}
+_CONDITION = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+
+
+def parse_condition(text: str) -> tuple[str, float]:
+    match = _CONDITION.match(str(text))
+    if not match:
+        raise ValueError(f"expected a condition like '>= 0.9', got {text!r}")
+    return match.group(1), float(match.group(2))
+
+
+def validate_gates(gates: dict[str, str]) -> dict[str, str]:
+    for name, condition in gates.items():
+        if name not in GATE_METRICS:
+            raise ValueError(f"unknown metric '{name}'; known: {', '.join(GATE_METRICS)}")
+        parse_condition(condition)
+    return gates
+
+
+def failed_gates(gates: dict[str, str], metrics: dict[str, Any]) -> list[str]:
+    """One line per failed gate: `name = value (needs OP LIMIT)`."""
+    failures = []
+    for name, condition in gates.items():
+        op, limit = parse_condition(condition)
+        value = metrics.get(name)
+        if value is None:
+            failures.append(f"{name} not computed (needs {op} {limit:g})")
+        elif not _OPERATORS[op](value, limit):
+            failures.append(f"{name} = {value:.4g} (needs {op} {limit:g})")
+    return failures
