@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from synth.models import get_model  # noqa: E402
-from synth.models.base import ImageSchema  # noqa: E402
-from synth.step import optimizer_step, prepare_module, to_model_input  # noqa: E402
+from synth.models.base import ImageSchema, with_defaults  # noqa: E402
+from synth.step import autocast_for, prepare_module, to_model_input  # noqa: E402
 
 
 def read_idx(images_path: str, labels_path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -41,7 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", required=True)
     parser.add_argument("--labels", required=True)
-    parser.add_argument("--model", default="cvae")
+    parser.add_argument("--model", default="cgan")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--total", type=int, default=60_000)
@@ -55,15 +55,16 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = get_model(args.model)
-    config = {"latent_dim": 16}
-    module = prepare_module(model.build(ImageSchema(28, 28, 1, 10), config), device)
-    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+    config = with_defaults(model, {})
+    networks = {name: prepare_module(net, device) for name, net in model.build(ImageSchema(28, 28, 1, 10), config).items()}
+    optimizers = model.optimizers(networks, config)
     generator = torch.Generator(device=device).manual_seed(0)
 
     def step() -> dict[str, torch.Tensor]:
         index = torch.randint(0, args.total, (args.batch_size,), device=device, generator=generator)
         batch_images, batch_labels = to_model_input({"image": data["image"][index], "label": data["label"][index]})
-        return optimizer_step(model, module, optimizer, batch_images, batch_labels)
+        with autocast_for(device):
+            return model.training_step(networks, batch_images, batch_labels, optimizers)
 
     first = float(step()["loss"])  # includes CUDA context and kernel selection
     warmup = 20
@@ -77,9 +78,10 @@ def main() -> None:
         losses = step()
     last = float(losses["loss"])
     seconds = time.perf_counter() - began
-    module.eval()
+    sampler = networks[model.sampler_name()].eval()
     with torch.no_grad():
-        samples = model.sample(module, torch.arange(10, device=device), torch.randn(10, 16, device=device))
+        noise = torch.randn(10, model.noise_dim(config), device=device)
+        samples = model.sample(sampler, torch.arange(10, device=device), noise)
     result = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "model": args.model, "batch_size": args.batch_size, "steps": args.steps,

@@ -165,28 +165,34 @@ def run(spec: Spec, address: str | None = None) -> RunReport:
     lineage_checkpoint: dict[str, Any] | None = None
     synthetic = evaluation = None
     if spec.synthesize.enabled:
-        from synth.models.base import ImageSchema
+        from synth.models import get_model
+        from synth.models.base import ImageSchema, with_defaults
         from synth.sample import sample
         from synth.train import TrainConfig, fit
 
         syn = spec.synthesize
         with _timed(timings, "train"):
             schema = ImageSchema(shape.height, shape.width, shape.channels, num_classes)
-            config = TrainConfig(model=syn.model, model_config={"latent_dim": syn.latent_dim}, epochs=syn.epochs,
-                                 batch_size=syn.batch_size, learning_rate=syn.learning_rate, seed=spec.seed)
+            model_config = with_defaults(get_model(syn.model), {"latent_dim": syn.latent_dim,
+                                                                 "learning_rate": syn.learning_rate})
+            storage = (os.path.abspath(syn.storage) if syn.storage and "://" not in syn.storage
+                       else syn.storage or os.path.join(run_dir, "train"))
+            run_name = f"{spec.name}-{run_id}"
+            config = TrainConfig(model=syn.model, model_config=model_config, epochs=syn.epochs,
+                                 batch_size=syn.batch_size, seed=spec.seed,
+                                 attempts_uri=f"{storage.rstrip('/')}/{run_name}/datakiln-attempts")
             log("train", f"{syn.model} on {split_rows['train']} images, {syn.workers} worker(s), "
                 f"{'GPU' if syn.use_gpu else 'CPU'}, global batch {syn.batch_size * syn.workers}, {syn.epochs} epochs")
             # Sources may be sorted by class (class folders): mix once, seeded, before training.
-            trained = fit(train.random_shuffle(seed=spec.seed).materialize(), schema, config, workers=syn.workers, use_gpu=syn.use_gpu,
-                          storage_path=os.path.abspath(syn.storage) if syn.storage and "://" not in syn.storage
-                          else syn.storage or os.path.join(run_dir, "train"),
-                          run_name=f"{spec.name}-{run_id}", max_failures=syn.max_failures,
-                          model_dir=os.path.join(run_dir, "model"))
+            trained = fit(train.random_shuffle(seed=spec.seed).materialize(), schema, config,
+                          workers=syn.workers, use_gpu=syn.use_gpu, storage_path=storage, run_name=run_name,
+                          max_failures=syn.max_failures, model_dir=os.path.join(run_dir, "model"))
             weights = io.resolve(os.path.join(trained.model_dir, "model.safetensors"))
             weights_sha = io.sha256_file(weights)
             generator_id = f"{syn.model}-{weights_sha[:12]}"
             lineage_checkpoint = {"uri": weights.url, "sha256": weights_sha, "train_checkpoint": trained.checkpoint_path,
-                                  "generator_id": generator_id, "epochs": syn.epochs}
+                                  "generator_id": generator_id, "epochs": syn.epochs, "steps": trained.steps,
+                                  "attempts": trained.attempts, "restarts": len(trained.attempts) - 1}
         with _timed(timings, "sample"):
             synthetic = sample(trained.model_dir, num_classes, syn.samples_per_class, spec.seed, generator_id,
                                syn.sampler_actors).materialize()

@@ -79,8 +79,10 @@ class SynthesizeSpec(_Section):
     epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=128, ge=1)
     """Per-worker batch size; the global batch is `batch_size * workers`."""
-    learning_rate: float = Field(default=1e-3, gt=0)
-    latent_dim: int = Field(default=16, ge=1)
+    learning_rate: float | None = Field(default=None, gt=0)
+    """Default: the model's own (cvae 1e-3, cgan 2e-4)."""
+    latent_dim: int | None = Field(default=None, ge=1)
+    """Default: the model's own (cvae 16, cgan 64)."""
     workers: int = Field(default=1, ge=1)
     use_gpu: bool = False
     samples_per_class: int = Field(default=1000, ge=1)

@@ -1,4 +1,4 @@
-"""One optimisation step, shared by the Ray Train loop and the benchmarks (no Ray here).
+"""Device handling shared by the Ray Train loop and the benchmarks (no Ray here).
 
 On CUDA: bf16 autocast and channels_last; on CPU: plain fp32. One code path for both.
 """
@@ -6,8 +6,6 @@ On CUDA: bf16 autocast and channels_last; on CPU: plain fp32. One code path for 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import Any
-
 import torch
 
 
@@ -29,14 +27,3 @@ def prepare_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Mo
     """Move to `device`; channels_last on CUDA (faster convolutions)."""
     module = module.to(device)
     return module.to(memory_format=torch.channels_last) if device.type == "cuda" else module
-
-
-def optimizer_step(model: Any, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                   images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Forward under autocast, backward, step; returns the detached losses."""
-    with autocast_for(images.device):
-        losses = model.training_step(module, images, labels)
-    optimizer.zero_grad(set_to_none=True)
-    losses["loss"].backward()
-    optimizer.step()
-    return {k: v.detach() for k, v in losses.items()}

@@ -1,8 +1,10 @@
 """One Ray Train loop for every generator model (TorchTrainer; CPU or CUDA, 1..N workers).
 
-Data arrives through Ray Data shards (`get_dataset_shard`). Rank 0 writes a checkpoint
-every epoch; re-running with the same run name and storage resumes from the latest one.
-Checkpoints hold state dicts only and load with `weights_only=True`.
+Data arrives through Ray Data shards (`get_dataset_shard`); each trained network gets its
+own DDP wrapper when there are several workers (gloo on CPU, NCCL on CUDA). Rank 0 writes
+a checkpoint every epoch (all networks, all optimizers, RNG state); re-running with the
+same run name and storage resumes from the latest one. Checkpoints hold state dicts only
+and load with `weights_only=True`.
 """
 
 from __future__ import annotations
@@ -22,42 +24,75 @@ import torch
 from ray.train.torch import TorchTrainer
 
 from synth.models import get_model
-from synth.models.base import ImageSchema, save_generator
-from synth.step import optimizer_step, prepare_module, to_model_input
+from synth.models.base import ImageSchema, save_generator, unwrap
+from synth.step import autocast_for, prepare_module, to_model_input
+
+STATE_FILE = "state.pt"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     model: str
     model_config: dict[str, Any]
+    """The model's defaults merged with the spec's overrides (see `with_defaults`)."""
     epochs: int
     batch_size: int
-    learning_rate: float
     seed: int
+    attempts_uri: str
+    """Folder (shared storage, beside the checkpoints) where each training attempt is recorded."""
 
 
-def _load_checkpoint(module, optimizer) -> int:
+def _state(networks: dict[str, Any], optimizers: dict[str, Any], epoch: int, step: int) -> dict[str, Any]:
+    return {"networks": {name: unwrap(net).state_dict() for name, net in networks.items()},
+            "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+            "epoch": epoch, "step": step, "rng": torch.get_rng_state()}
+
+
+def _load_checkpoint(networks: dict[str, Any], optimizers: dict[str, Any]) -> tuple[int, int]:
+    """Restore the latest checkpoint, if any; return (first epoch still to run, steps done)."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return 0
+        return 0, 0
     with checkpoint.as_directory() as folder:
-        state = torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=True)
-    target = module.module if hasattr(module, "module") else module
-    target.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+        state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+    for name, net in networks.items():
+        unwrap(net).load_state_dict(state["networks"][name])
+    for name, optimizer in optimizers.items():
+        optimizer.load_state_dict(state["optimizers"][name])
     torch.set_rng_state(state["rng"])
-    return int(state["epoch"]) + 1
+    return int(state["epoch"]) + 1, int(state["step"])
 
 
-def _save_checkpoint(module, optimizer, epoch: int, metrics: dict[str, float]) -> None:
-    rank = ray.train.get_context().get_world_rank()
-    if rank != 0:
+def _record_attempt(uri: str, start_epoch: int, world: int) -> None:
+    """Rank 0 notes each (re)start, so lineage can tell a resume or a worker failure."""
+    import fsspec
+
+    stamp = time.time()
+    with fsspec.open(f"{uri.rstrip('/')}/attempt-{stamp:.6f}.json", "w", auto_mkdir=True) as handle:
+        json.dump({"start_epoch": start_epoch, "workers": world, "time": stamp}, handle)
+
+
+def read_attempts(uri: str) -> list[dict[str, Any]]:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    if not fs.exists(path):
+        return []
+    records = []
+    for name in sorted(fs.glob(f"{path.rstrip('/')}/attempt-*.json")):
+        with fs.open(name, "r") as handle:
+            records.append(json.load(handle))
+    return sorted(records, key=lambda r: r["time"])
+
+
+def _report(networks: dict[str, Any], optimizers: dict[str, Any], epoch: int, step: int,
+            metrics: dict[str, float]) -> None:
+    """Every rank reports (a barrier); rank 0 attaches the checkpoint."""
+    if ray.train.get_context().get_world_rank() != 0:
         ray.train.report(metrics)
         return
-    target = module.module if hasattr(module, "module") else module
     with tempfile.TemporaryDirectory() as folder:
-        torch.save({"model": target.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                    "rng": torch.get_rng_state()}, os.path.join(folder, "state.pt"))
+        torch.save(_state(networks, optimizers, epoch, step), os.path.join(folder, STATE_FILE))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
@@ -81,44 +116,56 @@ def train_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed * 1000 + rank)
     device = ray.train.torch.get_device()
     model = get_model(cfg.model)
-    module = ray.train.torch.prepare_model(prepare_module(model.build(schema, cfg.model_config), device))
-    optimizer = torch.optim.Adam(module.parameters(), lr=cfg.learning_rate)
-    start = _load_checkpoint(module, optimizer)
+    networks = {name: prepare_module(net, device) for name, net in model.build(schema, cfg.model_config).items()}
+    for name in model.trained:
+        networks[name] = ray.train.torch.prepare_model(networks[name])
+    optimizers = model.optimizers(networks, cfg.model_config)
+    start, step = _load_checkpoint(networks, optimizers)
+    if rank == 0:
+        _record_attempt(cfg.attempts_uri, start, world)
+        if start:
+            sys.stdout.write(f"[train] resuming at epoch {start + 1}/{cfg.epochs} (step {step})\n")
     shard = ray.train.get_dataset_shard("train")
     for epoch in range(start, cfg.epochs):
-        module.train()
+        for net in networks.values():
+            net.train()
         sums: dict[str, torch.Tensor] = {}
         seen, began = 0, time.perf_counter()
         for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, device=device,
                                               local_shuffle_buffer_size=4 * cfg.batch_size,
                                               local_shuffle_seed=cfg.seed * 1000 + epoch * world + rank):
             images, labels = to_model_input(batch)
-            losses = optimizer_step(model, module, optimizer, images, labels)
+            with autocast_for(device):
+                losses = model.training_step(networks, images, labels, optimizers)
             for key, value in losses.items():
                 sums[key] = sums.get(key, 0.0) + value.float() * len(labels)  # no GPU sync per step
             seen += len(labels)
-        metrics = {"epoch": epoch, "images_per_s": seen * world / max(time.perf_counter() - began, 1e-9),
+            step += 1
+        metrics = {"epoch": epoch, "step": step, "images_per_s": seen * world / max(time.perf_counter() - began, 1e-9),
                    **{k: float(v) / max(seen, 1) for k, v in sums.items()}}
         if rank == 0:
-            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch")
+            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch", "step"))
             # sys.stdout, not print: Ray Train re-routes print() and shows each line twice.
             sys.stdout.write(f"[train] epoch {epoch + 1}/{cfg.epochs} {shown}\n")
             sys.stdout.flush()
-        _save_checkpoint(module, optimizer, epoch, metrics)
+        _report(networks, optimizers, epoch, step, metrics)
 
 
 @dataclass
 class TrainResult:
     model_dir: str
-    """Folder with `model.safetensors` + `model.json` (the final generator)."""
+    """Folder with `model.safetensors` + `model.json` (the network used for sampling)."""
     checkpoint_path: str
     history: list[dict[str, float]]
+    attempts: list[dict[str, Any]]
+    """Every (re)start of the training loop for this run: first one, resumes, restarts."""
+    steps: int
     seconds: float
 
 
 def fit(train: ray.data.Dataset, schema: ImageSchema, cfg: TrainConfig, *, workers: int, use_gpu: bool,
         storage_path: str, run_name: str, max_failures: int, model_dir: str) -> TrainResult:
-    """Train (or resume) the generator and export its final weights to `model_dir`."""
+    """Train (or resume) the generator and export its sampling network to `model_dir`."""
     began = time.perf_counter()
     trainer = TorchTrainer(
         train_loop,
@@ -133,12 +180,15 @@ def fit(train: ray.data.Dataset, schema: ImageSchema, cfg: TrainConfig, *, worke
     )
     result = trainer.fit()
     with result.checkpoint.as_directory() as folder:
-        state = torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=True)
-    module = get_model(cfg.model).build(schema, cfg.model_config)
-    module.load_state_dict(state["model"])
-    save_generator(model_dir, cfg.model, module, schema, cfg.model_config)
-    history = [dict(m) for m in (result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else [result.metrics])]
+        state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+    model = get_model(cfg.model)
+    sampler = model.sampler(schema, cfg.model_config)
+    sampler.load_state_dict(state["networks"][model.sampler_name()])
+    save_generator(model_dir, cfg.model, sampler, schema, cfg.model_config)
+    frame = result.metrics_dataframe
+    history = frame.to_dict("records") if frame is not None else [result.metrics]
     with open(os.path.join(model_dir, "history.json"), "w") as handle:
         json.dump(history, handle, indent=1, default=float)
     return TrainResult(model_dir=model_dir, checkpoint_path=result.checkpoint.path, history=history,
+                       attempts=read_attempts(cfg.attempts_uri), steps=int(state["step"]),
                        seconds=time.perf_counter() - began)

@@ -21,6 +21,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", os.path.join(tempfile.gettempdir(), "datakiln-tests-hf"))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+RAY_TEMP_DIR = os.path.join(tempfile.gettempdir(), "datakiln-tests-ray")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -32,7 +33,7 @@ def ray_session():
     from cluster.runtime import configure_data_context
 
     ray.init(num_cpus=4, object_store_memory=1024**3, include_dashboard=True, dashboard_host="127.0.0.1",
-             _temp_dir=os.path.join(tempfile.gettempdir(), "datakiln-tests-ray"), logging_level="WARNING",
+             _temp_dir=RAY_TEMP_DIR, logging_level="WARNING",
              logging_config=ray.LoggingConfig(log_level="WARNING"))
     configure_data_context()
     yield

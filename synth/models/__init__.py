@@ -6,7 +6,7 @@ import importlib
 
 from synth.models.base import GeneratorModel, ImageSchema
 
-_MODELS = {"cvae": ("synth.models.cvae", "ConditionalVAE")}
+_MODELS = {"cvae": ("synth.models.cvae", "ConditionalVAE"), "cgan": ("synth.models.cgan", "ConditionalGAN")}
 MODEL_NAMES = tuple(_MODELS)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -20,23 +21,45 @@ class ImageSchema:
 
 
 class GeneratorModel(Protocol):
-    """One generator family. The training loop, sampler and evaluation need nothing else.
+    """One generator family; the training loop, sampler and evaluation need nothing else.
 
-    `build` returns a module whose `forward` is what `training_step` calls (so that a DDP
-    wrapper syncs gradients); images are float tensors in [0, 1], shape (N, C, H, W).
+    A model is a set of named networks. Those in `trained` get an optimizer and, with
+    several workers, their own DDP wrapper (each is called through its own forward, so
+    gradients sync); the others (e.g. an EMA copy) follow by `training_step`'s own rules.
+    Images are float tensors in [0, 1], shape (N, C, H, W).
     """
 
     name: ClassVar[str]
+    trained: ClassVar[tuple[str, ...]]
+    defaults: ClassVar[dict[str, Any]]
+    """Config defaults (`latent_dim`, `learning_rate`, …) that the spec may override."""
 
-    def build(self, schema: ImageSchema, config: dict[str, Any]): ...
+    def build(self, schema: ImageSchema, config: dict[str, Any]) -> dict[str, Any]: ...
 
-    def training_step(self, module, images, labels) -> dict[str, Any]:
-        """Losses for one batch; the key `loss` is minimised."""
+    def optimizers(self, networks: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]: ...
 
-    def sample(self, module, labels, noise):
+    def training_step(self, networks: dict[str, Any], images, labels, optimizers: dict[str, Any]) -> dict[str, Any]:
+        """One update of every trained network; returns detached losses."""
+
+    def sampler(self, schema: ImageSchema, config: dict[str, Any]):
+        """A fresh instance of the network that `sample` uses (what gets exported)."""
+
+    def sampler_name(self) -> str:
+        """Which of the networks is exported for sampling."""
+
+    def sample(self, sampler, labels, noise):
         """Images for `labels` from `noise` (rows of `noise_dim` standard normals)."""
 
     def noise_dim(self, config: dict[str, Any]) -> int: ...
+
+
+def with_defaults(model: GeneratorModel, config: dict[str, Any]) -> dict[str, Any]:
+    return {**model.defaults, **{k: v for k, v in config.items() if v is not None}}
+
+
+def unwrap(network):
+    """The module inside a DDP wrapper (or the module itself)."""
+    return network.module if hasattr(network, "module") else network
 
 
 def row_noise(seed: int, row_ids: np.ndarray, dim: int) -> np.ndarray:
@@ -45,15 +68,13 @@ def row_noise(seed: int, row_ids: np.ndarray, dim: int) -> np.ndarray:
     return np.stack([np.random.default_rng([seed, int(i)]).standard_normal(dim) for i in row_ids]).astype(np.float32)
 
 
-def save_generator(directory: str, model_name: str, module, schema: ImageSchema, config: dict[str, Any]) -> str:
-    """Write `model.safetensors` + `model.json`; return the weights path."""
-    import os
-
+def save_generator(directory: str, model_name: str, sampler, schema: ImageSchema, config: dict[str, Any]) -> str:
+    """Write `model.safetensors` (the sampling network) + `model.json`; return the weights path."""
     from safetensors.torch import save_file
 
     os.makedirs(directory, exist_ok=True)
     weights = os.path.join(directory, "model.safetensors")
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(sampler).state_dict().items()}
     save_file(state, weights)
     with open(os.path.join(directory, "model.json"), "w") as handle:
         json.dump({"model": model_name, "schema": asdict(schema), "config": config}, handle, indent=2)
@@ -61,9 +82,7 @@ def save_generator(directory: str, model_name: str, module, schema: ImageSchema,
 
 
 def load_generator(directory: str):
-    """Return `(model, module, schema, config)` from a `save_generator` folder."""
-    import os
-
+    """Return `(model, sampler, schema, config)` from a `save_generator` folder."""
     from safetensors.torch import load_file
 
     from synth.models import get_model
@@ -72,7 +91,6 @@ def load_generator(directory: str):
         meta = json.load(handle)
     model = get_model(meta["model"])
     schema = ImageSchema(**meta["schema"])
-    module = model.build(schema, meta["config"])
-    module.load_state_dict(load_file(os.path.join(directory, "model.safetensors")))
-    module.eval()
-    return model, module, schema, meta["config"]
+    sampler = model.sampler(schema, meta["config"])
+    sampler.load_state_dict(load_file(os.path.join(directory, "model.safetensors")))
+    return model, sampler.eval(), schema, meta["config"]

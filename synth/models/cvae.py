@@ -59,21 +59,37 @@ class _CVAE(nn.Module):
 
 class ConditionalVAE:
     name = "cvae"
+    trained = ("vae",)
+    defaults = {"latent_dim": 16, "width": 32, "hidden": 256, "learning_rate": 1e-3}
 
-    def build(self, schema: ImageSchema, config: dict[str, Any]) -> nn.Module:
-        return _CVAE(schema, config.get("latent_dim", 16), config.get("width", 32), config.get("hidden", 256))
+    def build(self, schema: ImageSchema, config: dict[str, Any]) -> dict[str, nn.Module]:
+        return {"vae": self.sampler(schema, config)}
+
+    def sampler(self, schema: ImageSchema, config: dict[str, Any]) -> nn.Module:
+        return _CVAE(schema, config["latent_dim"], config["width"], config["hidden"])
+
+    def sampler_name(self) -> str:
+        return "vae"
+
+    def optimizers(self, networks: dict[str, nn.Module], config: dict[str, Any]) -> dict[str, torch.optim.Optimizer]:
+        return {"vae": torch.optim.Adam(networks["vae"].parameters(), lr=config["learning_rate"])}
 
     def noise_dim(self, config: dict[str, Any]) -> int:
-        return config.get("latent_dim", 16)
+        return config["latent_dim"]
 
-    def training_step(self, module: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits, mu, logvar = module(images, labels)
+    def training_step(self, networks: dict[str, nn.Module], images: torch.Tensor, labels: torch.Tensor,
+                      optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
+        logits, mu, logvar = networks["vae"](images, labels)
         n = images.shape[0]
-        reconstruction = F.binary_cross_entropy_with_logits(logits, images, reduction="sum") / n
+        reconstruction = F.binary_cross_entropy_with_logits(logits.float(), images.float(), reduction="sum") / n
         kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / n
-        return {"loss": reconstruction + kl, "reconstruction": reconstruction, "kl": kl}
+        loss = reconstruction + kl
+        optimizers["vae"].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers["vae"].step()
+        return {"loss": loss.detach(), "reconstruction": reconstruction.detach(), "kl": kl.detach()}
 
     @torch.no_grad()
-    def sample(self, module: nn.Module, labels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        onehot = F.one_hot(labels, module.schema.num_classes).float()
-        return torch.sigmoid(module.decode(noise, onehot))
+    def sample(self, sampler: nn.Module, labels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        onehot = F.one_hot(labels, sampler.schema.num_classes).float()
+        return torch.sigmoid(sampler.decode(noise, onehot).float())
