@@ -73,3 +73,22 @@ def class_means(real: np.ndarray, synthetic: np.ndarray, class_names: list[str],
         axes[row, 0].set_ylabel(title, fontsize=8)
     figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
+
+
+def loss_curves(history: list[dict[str, float]], path: str) -> None:
+    """Per-epoch training losses (every key but epoch/step/throughput), one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in history[0] if k not in ("epoch", "step", "images_per_s")]
+    figure, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.6), squeeze=False)
+    epochs = [row["epoch"] + 1 for row in history]
+    for axis, key in zip(axes[0], keys):
+        axis.plot(epochs, [row[key] for row in history], marker=".")
+        axis.set_title(key, fontsize=9)
+        axis.set_xlabel("epoch", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

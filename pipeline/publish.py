@@ -152,8 +152,10 @@ def render_card(card: Card) -> str:
                   *(_metric_row(k, card.metrics) for k in card.metrics
                     if not k.endswith(("_floor", "_real")) and isinstance(card.metrics[k], (int, float))), "",
                   "![per-class recall](utility.png)", "", "![class means](class_means.png)", ""]
-    lines += ["## Samples", "", "Each row is one class: real examples on the left, synthetic on the right.", "",
-              "![samples](samples.png)", "", "## Lineage", "", "```json",
+    if card.synthetic_rows:
+        lines += ["## Samples", "", "Each row is one class: real examples on the left, synthetic on the right.", "",
+                  "![samples](samples.png)", "", "Training losses per epoch:", "", "![losses](losses.png)", ""]
+    lines += ["## Lineage", "", "```json",
               json.dumps(card.lineage_summary, indent=2), "```", "", "Full record: `lineage.json`.", ""]
     return "\n".join(lines)
 

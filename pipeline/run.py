@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import ray.data
 
-from pipeline import io, ops, publish, sources
+from pipeline import io, ops, plots, publish, sources
 from pipeline.annotate import apply_labels, discover_labels
 from pipeline.errors import GateError, SourceError
 from pipeline.gates import failed_gates
@@ -163,7 +163,7 @@ def run(spec: Spec, address: str | None = None) -> RunReport:
     num_classes = len(labels.class_names)
     metrics: dict[str, Any] = {}
     lineage_checkpoint: dict[str, Any] | None = None
-    synthetic = evaluation = None
+    synthetic = evaluation = trained = None
     if spec.synthesize.enabled:
         from synth.models import get_model
         from synth.models.base import ImageSchema, with_defaults
@@ -180,13 +180,15 @@ def run(spec: Spec, address: str | None = None) -> RunReport:
             run_name = f"{spec.name}-{run_id}"
             config = TrainConfig(model=syn.model, model_config=model_config, epochs=syn.epochs,
                                  batch_size=syn.batch_size, seed=spec.seed,
-                                 attempts_uri=f"{storage.rstrip('/')}/{run_name}/datakiln-attempts")
+                                 attempts_uri=f"{storage.rstrip('/')}/{run_name}/datakiln-attempts",
+                                 checkpoint_every=syn.checkpoint_every)
             log("train", f"{syn.model} on {split_rows['train']} images, {syn.workers} worker(s), "
                 f"{'GPU' if syn.use_gpu else 'CPU'}, global batch {syn.batch_size * syn.workers}, {syn.epochs} epochs")
             # Sources may be sorted by class (class folders): mix once, seeded, before training.
             trained = fit(train.random_shuffle(seed=spec.seed).materialize(), schema, config,
                           workers=syn.workers, use_gpu=syn.use_gpu, storage_path=storage, run_name=run_name,
-                          max_failures=syn.max_failures, model_dir=os.path.join(run_dir, "model"))
+                          max_failures=syn.max_failures, model_dir=os.path.join(run_dir, "model"),
+                          keep_checkpoints=syn.keep_checkpoints)
             weights = io.resolve(os.path.join(trained.model_dir, "model.safetensors"))
             weights_sha = io.sha256_file(weights)
             generator_id = f"{syn.model}-{weights_sha[:12]}"
@@ -243,6 +245,8 @@ def run(spec: Spec, address: str | None = None) -> RunReport:
         _write_samples(staging, train, synthetic, labels.class_names)
     if evaluation is not None:
         _write_report_plots(staging, evaluation, labels.class_names)
+    if trained is not None and trained.history:
+        _put_plot(staging, "losses.png", lambda path: plots.loss_curves(trained.history, path))
     card = publish.Card(name=spec.name, class_names=labels.class_names, split_rows=published,
                         synthetic_rows=synthetic_rows, rejected_by_reason=rejected_by_reason,
                         metrics={k: v for k, v in metrics.items() if not isinstance(v, list)},
@@ -260,28 +264,27 @@ def run(spec: Spec, address: str | None = None) -> RunReport:
     return RunReport(target=target.url, run_dir=run_dir, metrics=metrics, lineage=lineage, timings=timings)
 
 
-def _write_report_plots(staging: io.Location, evaluation, class_names: list[str]) -> None:
-    from pipeline.plots import class_means, utility_bars
-
+def _put_plot(staging: io.Location, name: str, draw) -> None:
+    """Draw a plot into a local file, then copy it into the staged dataset."""
     with tempfile.TemporaryDirectory() as folder:
-        utility_bars(evaluation.metrics["tstr_per_class_recall"], evaluation.metrics["trtr_per_class_recall"],
-                     class_names, os.path.join(folder, "utility.png"))
-        class_means(evaluation.class_means["real"], evaluation.class_means["synthetic"], class_names,
-                    os.path.join(folder, "class_means.png"))
-        for name in ("utility.png", "class_means.png"):
-            staging.fs.put_file(os.path.join(folder, name), staging.join(name).path)
+        local = os.path.join(folder, name)
+        draw(local)
+        staging.fs.put_file(local, staging.join(name).path)
+
+
+def _write_report_plots(staging: io.Location, evaluation, class_names: list[str]) -> None:
+    metrics = evaluation.metrics
+    _put_plot(staging, "utility.png", lambda path: plots.utility_bars(
+        metrics["tstr_per_class_recall"], metrics["trtr_per_class_recall"], class_names, path))
+    _put_plot(staging, "class_means.png", lambda path: plots.class_means(
+        evaluation.class_means["real"], evaluation.class_means["synthetic"], class_names, path))
 
 
 def _write_samples(staging: io.Location, train: ray.data.Dataset, synthetic: ray.data.Dataset,
                    class_names: list[str]) -> None:
-    from pipeline.plots import sample_grid
-
     wanted = SAMPLES_SHOWN * len(class_names)
     real = train.select_columns(["image", "label"]).limit(20 * wanted).take_batch(20 * wanted)
     # The sampler interleaves classes, so the first rows hold SAMPLES_SHOWN of each class.
     fake = synthetic.map_batches(_first_rows, fn_kwargs={"rows": wanted}, batch_format="pyarrow").select_columns(
         ["image", "label"]).take_batch(wanted)
-    with tempfile.TemporaryDirectory() as folder:
-        local = os.path.join(folder, "samples.png")
-        sample_grid(real, fake, class_names, local, SAMPLES_SHOWN)
-        staging.fs.put_file(local, staging.join("samples.png").path)
+    _put_plot(staging, "samples.png", lambda path: plots.sample_grid(real, fake, class_names, path, SAMPLES_SHOWN))

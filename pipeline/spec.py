@@ -90,6 +90,11 @@ class SynthesizeSpec(_Section):
     storage: str | None = None
     """Where Ray Train keeps checkpoints (local dir or fsspec URL). Default: `<run_dir>/train`."""
     max_failures: int = Field(default=0, ge=0)
+    """Worker failures survived by restarting from the last checkpoint."""
+    checkpoint_every: int = Field(default=1, ge=1)
+    """Checkpoint every N epochs (and always after the last)."""
+    keep_checkpoints: int = Field(default=2, ge=1)
+    """How many of the latest checkpoints to keep."""
 
     @field_validator("model")
     @classmethod

@@ -28,6 +28,42 @@ from synth.models.base import ImageSchema, save_generator, unwrap
 from synth.step import autocast_for, prepare_module, to_model_input
 
 STATE_FILE = "state.pt"
+SHARD_CACHE_BYTES = 2 * 2**30
+"""A worker keeps its shard in memory after the first epoch when it is at most this big, so
+later epochs skip re-running the Ray Data pipeline (the main per-epoch overhead)."""
+
+
+class _Shard:
+    """Batches of this worker's shard: streamed from Ray Data, then replayed from memory.
+
+    Replayed epochs use a seeded permutation, so a run is reproducible either way.
+    """
+
+    def __init__(self, iterator, batch_size: int, device: torch.device, seed: int):
+        self.iterator, self.batch_size, self.device, self.seed = iterator, batch_size, device, seed
+        self.cached: dict[str, torch.Tensor] | None = None
+
+    def epoch(self, epoch: int):
+        if self.cached is not None:
+            order = torch.randperm(len(self.cached["label"]), generator=torch.Generator().manual_seed(self.seed + epoch))
+            for start in range(0, len(order), self.batch_size):
+                index = order[start:start + self.batch_size]
+                yield {k: v[index].to(self.device, non_blocking=True) for k, v in self.cached.items()}
+            return
+        parts: list[dict[str, torch.Tensor]] | None = []
+        size = 0
+        for batch in self.iterator.iter_torch_batches(batch_size=self.batch_size, device="cpu",
+                                                      local_shuffle_buffer_size=4 * self.batch_size,
+                                                      local_shuffle_seed=self.seed + epoch):
+            if parts is not None:
+                size += sum(v.numel() * v.element_size() for v in batch.values())
+                if size <= SHARD_CACHE_BYTES:
+                    parts.append(batch)
+                else:
+                    parts = None
+            yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        if parts:
+            self.cached = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
 @dataclass(frozen=True)
@@ -40,6 +76,7 @@ class TrainConfig:
     seed: int
     attempts_uri: str
     """Folder (shared storage, beside the checkpoints) where each training attempt is recorded."""
+    checkpoint_every: int = 1
 
 
 def _state(networks: dict[str, Any], optimizers: dict[str, Any], epoch: int, step: int) -> dict[str, Any]:
@@ -86,14 +123,38 @@ def read_attempts(uri: str) -> list[dict[str, Any]]:
 
 
 def _report(networks: dict[str, Any], optimizers: dict[str, Any], epoch: int, step: int,
-            metrics: dict[str, float]) -> None:
-    """Every rank reports (a barrier); rank 0 attaches the checkpoint."""
-    if ray.train.get_context().get_world_rank() != 0:
+            metrics: dict[str, float], checkpoint: bool) -> None:
+    """Every rank reports every epoch (a barrier); rank 0 attaches the checkpoint when due."""
+    if ray.train.get_context().get_world_rank() != 0 or not checkpoint:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as folder:
         torch.save(_state(networks, optimizers, epoch, step), os.path.join(folder, STATE_FILE))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def _save_sample_grid(model, networks: dict[str, Any], schema: ImageSchema, config: dict[str, Any], uri: str,
+                      per_class: int = 8) -> None:
+    """Rank 0, after each epoch: one row per class from fixed noise, so epochs compare."""
+    import fsspec
+    import numpy as np
+    from PIL import Image
+
+    sampler = unwrap(networks[model.sampler_name()])
+    device = next(sampler.parameters()).device
+    labels = torch.arange(schema.num_classes, device=device).repeat_interleave(per_class)
+    noise = torch.from_numpy(np.random.default_rng(0).standard_normal(
+        (len(labels), model.noise_dim(config))).astype(np.float32)).to(device)
+    sampler.eval()
+    with torch.no_grad():
+        images = model.sample(sampler, labels, noise).float().clamp(0, 1)
+    sampler.train()
+    pixels = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    h, w, c = pixels.shape[1:]
+    grid = pixels.reshape(schema.num_classes, per_class, h, w, c).transpose(0, 2, 1, 3, 4).reshape(
+        schema.num_classes * h, per_class * w, c)
+    with fsspec.open(uri, "wb", auto_mkdir=True) as handle:
+        Image.fromarray(grid[:, :, 0] if c == 1 else grid).save(handle, format="PNG")
 
 
 def _quiet_ray_logs() -> None:
@@ -125,15 +186,13 @@ def train_loop(config: dict[str, Any]) -> None:
         _record_attempt(cfg.attempts_uri, start, world)
         if start:
             sys.stdout.write(f"[train] resuming at epoch {start + 1}/{cfg.epochs} (step {step})\n")
-    shard = ray.train.get_dataset_shard("train")
+    shard = _Shard(ray.train.get_dataset_shard("train"), cfg.batch_size, device, cfg.seed * 1000 + rank)
     for epoch in range(start, cfg.epochs):
         for net in networks.values():
             net.train()
         sums: dict[str, torch.Tensor] = {}
         seen, began = 0, time.perf_counter()
-        for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, device=device,
-                                              local_shuffle_buffer_size=4 * cfg.batch_size,
-                                              local_shuffle_seed=cfg.seed * 1000 + epoch * world + rank):
+        for batch in shard.epoch(epoch):
             images, labels = to_model_input(batch)
             with autocast_for(device):
                 losses = model.training_step(networks, images, labels, optimizers)
@@ -148,7 +207,10 @@ def train_loop(config: dict[str, Any]) -> None:
             # sys.stdout, not print: Ray Train re-routes print() and shows each line twice.
             sys.stdout.write(f"[train] epoch {epoch + 1}/{cfg.epochs} {shown}\n")
             sys.stdout.flush()
-        _report(networks, optimizers, epoch, step, metrics)
+            _save_sample_grid(model, networks, schema, cfg.model_config,
+                              f"{cfg.attempts_uri.rsplit('/', 1)[0]}/samples/epoch-{epoch + 1:03d}.png")
+        due = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
+        _report(networks, optimizers, epoch, step, metrics, checkpoint=due)
 
 
 @dataclass
@@ -164,7 +226,7 @@ class TrainResult:
 
 
 def fit(train: ray.data.Dataset, schema: ImageSchema, cfg: TrainConfig, *, workers: int, use_gpu: bool,
-        storage_path: str, run_name: str, max_failures: int, model_dir: str) -> TrainResult:
+        storage_path: str, run_name: str, max_failures: int, model_dir: str, keep_checkpoints: int = 2) -> TrainResult:
     """Train (or resume) the generator and export its sampling network to `model_dir`."""
     began = time.perf_counter()
     trainer = TorchTrainer(
@@ -174,7 +236,7 @@ def fit(train: ray.data.Dataset, schema: ImageSchema, cfg: TrainConfig, *, worke
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
         ),
         datasets={"train": train.select_columns(["image", "label"])},
     )

@@ -1,0 +1,106 @@
+"""Ray Train overhead: steady-state images/s of datakiln's training loop (1 worker, data
+through Ray Data shards) against a plain PyTorch loop on the same model, batch and data,
+measured in one run; plus the start-up time to the first step. Last line: one JSON object.
+
+    python benchmarks/train_overhead.py [--model cvae] [--epochs 6] [--batch-size 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MNIST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "mnist")
+
+
+def mnist() -> tuple[np.ndarray, np.ndarray]:
+    with gzip.open(os.path.join(MNIST, "t10k-images-idx3-ubyte.gz")) as handle:
+        images = np.frombuffer(handle.read()[16:], dtype=np.uint8).reshape(-1, 28, 28, 1)
+    with gzip.open(os.path.join(MNIST, "t10k-labels-idx1-ubyte.gz")) as handle:
+        labels = np.frombuffer(handle.read()[8:], dtype=np.uint8).astype(np.int64)
+    return images, labels
+
+
+def plain_loop(images, labels, model_name: str, epochs: int, batch_size: int) -> float:
+    """Steady-state images/s (epochs after the first) of a plain in-memory PyTorch loop."""
+    import torch
+
+    from synth.models import get_model
+    from synth.models.base import ImageSchema, with_defaults
+    from synth.step import to_model_input
+
+    torch.manual_seed(0)
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = get_model(model_name)
+    config = with_defaults(model, {})
+    networks = model.build(ImageSchema(28, 28, 1, 10), config)
+    optimizers = model.optimizers(networks, config)
+    data = {"image": torch.from_numpy(images), "label": torch.from_numpy(labels)}
+    rates = []
+    for epoch in range(epochs):
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(epoch))
+        began = time.perf_counter()
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            batch_images, batch_labels = to_model_input({k: v[index] for k, v in data.items()})
+            model.training_step(networks, batch_images, batch_labels, optimizers)
+        rates.append(len(labels) / (time.perf_counter() - began))
+    return float(np.median(rates[1:]))
+
+
+def ray_loop(images, labels, model_name: str, epochs: int, batch_size: int) -> tuple[float, float, float]:
+    """Steady-state images/s, seconds from `fit` to the training loop's start, and `fit`'s
+    whole wall time, through Ray Train."""
+    import ray
+    import ray.data
+
+    from cluster.runtime import configure_data_context, connect
+    from synth.models import get_model
+    from synth.models.base import ImageSchema, with_defaults
+    from synth.train import TrainConfig, fit
+
+    connect()
+    configure_data_context()
+    dataset = ray.data.from_numpy({"image": images, "label": labels}).materialize()
+    with tempfile.TemporaryDirectory() as folder:
+        config = TrainConfig(model=model_name, model_config=with_defaults(get_model(model_name), {}), epochs=epochs,
+                             batch_size=batch_size, seed=0, attempts_uri=os.path.join(folder, "attempts"))
+        began, wall = time.perf_counter(), time.time()
+        result = fit(dataset, ImageSchema(28, 28, 1, 10), config, workers=1, use_gpu=False,
+                     storage_path=os.path.join(folder, "train"), run_name="overhead", max_failures=0,
+                     model_dir=os.path.join(folder, "model"))
+        total = time.perf_counter() - began
+    rates = [row["images_per_s"] for row in result.history]
+    startup = result.attempts[0]["time"] - wall  # the loop records its start before the first step
+    ray.shutdown()
+    return float(np.median(rates[1:])), startup, total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="cvae")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=128)
+    args = parser.parse_args()
+    images, labels = mnist()
+    plain = plain_loop(images, labels, args.model, args.epochs, args.batch_size)
+    print(f"plain PyTorch loop: {plain:.0f} images/s")
+    through_ray, startup, total = ray_loop(images, labels, args.model, args.epochs, args.batch_size)
+    print(f"Ray Train loop (data through Ray Data): {through_ray:.0f} images/s; start-up to the training loop "
+          f"{startup:.1f} s; fit() {total:.1f} s in all")
+    print(json.dumps({"model": args.model, "images": len(labels), "epochs": args.epochs, "batch_size": args.batch_size,
+                      "plain_images_per_s": round(plain, 1), "ray_images_per_s": round(through_ray, 1),
+                      "ratio": round(through_ray / plain, 3), "target_ratio": 0.9,
+                      "startup_s": round(startup, 1), "fit_seconds": round(total, 1)}))
+
+
+if __name__ == "__main__":
+    main()
