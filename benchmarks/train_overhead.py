@@ -69,7 +69,8 @@ def ray_loop(images, labels, model_name: str, epochs: int, batch_size: int) -> t
 
     connect()
     configure_data_context()
-    dataset = ray.data.from_numpy({"image": images, "label": labels}).materialize()
+    dataset = ray.data.range(len(labels), override_num_blocks=4).map_batches(
+        lambda batch: {"image": images[batch["id"]], "label": labels[batch["id"]]}).materialize()
     with tempfile.TemporaryDirectory() as folder:
         config = TrainConfig(model=model_name, model_config=with_defaults(get_model(model_name), {}), epochs=epochs,
                              batch_size=batch_size, seed=0, attempts_uri=os.path.join(folder, "attempts"))
