@@ -23,7 +23,7 @@ class Location:
     path: str
     url: str
 
-    def join(self, *parts: str) -> "Location":
+    def join(self, *parts: str) -> Location:
         path = posixpath.join(self.path, *parts)
         return Location(self.fs, path, self.fs.unstrip_protocol(path))
 

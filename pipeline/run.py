@@ -12,9 +12,10 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -107,7 +108,7 @@ def _code_version() -> dict[str, Any]:
 
 def run(spec: Spec, address: str | None = None) -> RunReport:
     """Run every stage of `spec`; publish only when all of them succeed."""
-    from cluster.runtime import connect, configure_data_context
+    from cluster.runtime import configure_data_context, connect
 
     timings: dict[str, float] = {}
     spec_hash = spec.spec_hash()

@@ -35,7 +35,7 @@ class SourceSpec(_Section):
     """Passed to fsspec (credentials belong in the environment, never in lineage)."""
 
     @model_validator(mode="after")
-    def _check_paths(self) -> "SourceSpec":
+    def _check_paths(self) -> SourceSpec:
         if self.format != "sklearn" and not self.path:
             raise ValueError(f"source.path is required for format '{self.format}'")
         if self.format == "idx" and not self.labels:

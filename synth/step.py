@@ -6,6 +6,7 @@ On CUDA: bf16 autocast and channels_last; on CPU: plain fp32. One code path for 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+
 import torch
 
 

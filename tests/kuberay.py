@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ def _strict(schema: Any) -> Any:
     return schema
 
 
-@lru_cache(maxsize=None)
+@cache
 def crd_schema(kind: str) -> dict[str, Any]:
     crd = yaml.safe_load((SCHEMAS / _FILES[kind]).read_text())
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")

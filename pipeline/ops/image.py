@@ -56,7 +56,8 @@ class Decode(RowOp):
         except Reject:
             raise
         except Exception as err:  # PIL raises many types for corrupt data
-            raise Reject(f"undecodable image ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+            detail = str(err).splitlines()[0] if str(err) else ""
+            raise Reject(f"undecodable image ({type(err).__name__}: {detail})") from None
         if image.mode not in ("L", "RGB"):
             image = image.convert("RGB" if image.mode in ("RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV") else "L")
         return to_hwc(np.asarray(image, dtype=np.uint8))

@@ -7,7 +7,7 @@ and `source_ref` (source URI + record index or file path) that traces a row to i
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from pipeline.sources.base import Collected
 from pipeline.spec import SourceSpec

@@ -8,7 +8,7 @@ struct), that column becomes `image_bytes` for the image operators.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa

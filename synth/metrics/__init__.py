@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import ray.data
 
+
 @dataclass
 class Evaluation:
     metrics: dict[str, Any]

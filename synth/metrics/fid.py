@@ -20,15 +20,15 @@ class GaussianStats:
     outer: np.ndarray
 
     @classmethod
-    def empty(cls, dim: int) -> "GaussianStats":
+    def empty(cls, dim: int) -> GaussianStats:
         return cls(0, np.zeros(dim), np.zeros((dim, dim)))
 
     @classmethod
-    def of(cls, features: np.ndarray) -> "GaussianStats":
+    def of(cls, features: np.ndarray) -> GaussianStats:
         x = np.asarray(features, dtype=np.float64)
         return cls(len(x), x.sum(0), x.T @ x)
 
-    def merge(self, other: "GaussianStats") -> "GaussianStats":
+    def merge(self, other: GaussianStats) -> GaussianStats:
         return GaussianStats(self.count + other.count, self.total + other.total, self.outer + other.outer)
 
     def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
