@@ -175,16 +175,18 @@ def run(spec: Spec, address: str | None = None) -> RunReport:
         with _timed(timings, "train"):
             schema = ImageSchema(shape.height, shape.width, shape.channels, num_classes)
             model_config = with_defaults(get_model(syn.model), {"latent_dim": syn.latent_dim,
-                                                                 "learning_rate": syn.learning_rate})
+                                                                 "learning_rate": syn.learning_rate,
+                                                                 "batch_size": syn.batch_size})
+            batch_size = model_config.pop("batch_size")
             storage = (os.path.abspath(syn.storage) if syn.storage and "://" not in syn.storage
                        else syn.storage or os.path.join(run_dir, "train"))
             run_name = f"{spec.name}-{run_id}"
             config = TrainConfig(model=syn.model, model_config=model_config, epochs=syn.epochs,
-                                 batch_size=syn.batch_size, seed=spec.seed,
+                                 batch_size=batch_size, seed=spec.seed,
                                  attempts_uri=f"{storage.rstrip('/')}/{run_name}/datakiln-attempts",
                                  checkpoint_every=syn.checkpoint_every)
             log("train", f"{syn.model} on {split_rows['train']} images, {syn.workers} worker(s), "
-                f"{'GPU' if syn.use_gpu else 'CPU'}, global batch {syn.batch_size * syn.workers}, {syn.epochs} epochs")
+                f"{'GPU' if syn.use_gpu else 'CPU'}, global batch {batch_size * syn.workers}, {syn.epochs} epochs")
             # Sources may be sorted by class (class folders): mix once, seeded, before training.
             trained = fit(train.random_shuffle(seed=spec.seed).materialize(), schema, config,
                           workers=syn.workers, use_gpu=syn.use_gpu, storage_path=storage, run_name=run_name,

@@ -77,8 +77,9 @@ class SynthesizeSpec(_Section):
     enabled: bool = True
     model: str = "cvae"
     epochs: int = Field(default=30, ge=1)
-    batch_size: int = Field(default=128, ge=1)
-    """Per-worker batch size; the global batch is `batch_size * workers`."""
+    batch_size: int | None = Field(default=None, ge=1)
+    """Per-worker batch size (default: the model's own, cvae 128, cgan 64); the global batch
+    is `batch_size * workers`."""
     learning_rate: float | None = Field(default=None, gt=0)
     """Default: the model's own (cvae 1e-3, cgan 2e-4)."""
     latent_dim: int | None = Field(default=None, ge=1)

@@ -60,7 +60,7 @@ class _CVAE(nn.Module):
 class ConditionalVAE:
     name = "cvae"
     trained = ("vae",)
-    defaults = {"latent_dim": 16, "width": 32, "hidden": 256, "learning_rate": 1e-3}
+    defaults = {"latent_dim": 16, "width": 32, "hidden": 256, "learning_rate": 1e-3, "batch_size": 128}
 
     def build(self, schema: ImageSchema, config: dict[str, Any]) -> dict[str, nn.Module]:
         return {"vae": self.sampler(schema, config)}
