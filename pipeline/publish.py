@@ -25,9 +25,6 @@ from PIL import Image
 
 from pipeline import io as dkio
 
-REAL_CONFIG = ("default", "data")
-SYNTHETIC_CONFIG = ("synthetic", "synthetic")
-
 
 def image_schema(class_names: list[str]) -> pa.Schema:
     """Arrow schema of a published shard, with the HF features in its metadata."""
