@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
-from functools import cache, lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
