@@ -12,6 +12,7 @@ import sys
 from importlib import resources
 
 from pipeline.errors import DatakilnError, find_user_error
+from pipeline.spec import EvaluateSpec
 
 EXIT_USER_ERROR = 2
 
@@ -60,8 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--real", required=True, help="published dataset with data/train-* and data/test-* shards")
     evaluate.add_argument("--synthetic", help="published dataset with synthetic/train-* shards (default: --real)")
     evaluate.add_argument("--out", help="folder for metrics.json and plots (any fsspec URL)")
-    evaluate.add_argument("--epochs", type=int, default=8, help="epochs of the fixed classifier recipe")
+    evaluate.add_argument("--epochs", type=int, default=EvaluateSpec().classifier_epochs,
+                          help="epochs of the fixed classifier recipe")
     evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--inception-weights", help="local FID Inception-v3 weights file: adds fid_inception")
     evaluate.add_argument("--address")
 
     demo = commands.add_parser("demo", help="the whole flow on scikit-learn's bundled digits")
@@ -98,7 +101,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     connect(args.address)
     configure_data_context()
-    metrics = evaluate_published(args.real, args.synthetic or args.real, args.out, args.epochs, args.seed)
+    metrics = evaluate_published(args.real, args.synthetic or args.real, args.out, args.epochs, args.seed,
+                                 inception_weights=args.inception_weights)
     for key, value in metrics.items():
         if isinstance(value, float):
             print(f"{key}: {value:.4f}")

@@ -12,51 +12,71 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray.data
 from PIL import Image
 
 from pipeline import io
-from pipeline.errors import SourceError
+from pipeline.errors import SourceError, SpecError
+from synth.metrics import Split, evaluate_images
 
 
-def _decode(table: pa.Table) -> dict[str, np.ndarray]:
+def _decode(table: pa.Table) -> Split:
     images = []
     for cell in table["image"].to_pylist():
         array = np.asarray(Image.open(stdio.BytesIO(cell["bytes"])))
         images.append(array[:, :, None] if array.ndim == 2 else array)
-    return {"image": np.stack(images), "label": table["label"].to_numpy()}
+    return np.stack(images), table["label"].to_numpy()
 
 
-def read_split(url: str, folder: str, split: str) -> tuple[ray.data.Dataset, list[str]]:
-    """A published split as (`image` arrays, `label`) rows, and its class names."""
+def read_split(url: str, folder: str, split: str) -> tuple[Split, list[str]]:
+    """A published split as in-memory (images, labels), and its class names.
+
+    Evaluation holds its three sets in memory anyway, so the shards are read and decoded
+    here, in shard order, without a Ray Data pass.
+    """
     root = io.require_exists(url, "published dataset")
     files = sorted(root.fs.glob(root.join(folder, f"{split}-*.parquet").path))
     if not files:
         raise SourceError(f"{url}: no {folder}/{split}-*.parquet shards (is this a datakiln dataset?)")
-    with root.fs.open(files[0], "rb") as handle:
-        metadata = pq.read_schema(handle).metadata or {}
+    parts, names = [], None
+    for path in files:
+        with root.fs.open(path, "rb") as handle:
+            table = pq.read_table(handle, columns=["image", "label"])
+        if names is None:
+            try:
+                names = json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]["label"]["names"]
+            except (KeyError, TypeError, ValueError):
+                raise SourceError(f"{root.uri(path)}: no ClassLabel names in the 'huggingface' schema metadata") from None
+        parts.append(_decode(table))
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])), names
+
+
+def check_inception_weights(path: str | None) -> str | None:
+    """Fail before any work when `evaluate.inception_weights` is unusable; its sha256 for lineage."""
+    if not path:
+        return None
+    from synth.metrics import inception
+
     try:
-        names = json.loads(metadata[b"huggingface"])["info"]["features"]["label"]["names"]
-    except (KeyError, ValueError):
-        raise SourceError(f"{root.uri(files[0])}: no ClassLabel names in the 'huggingface' schema metadata") from None
-    dataset = ray.data.read_parquet([root.uri(f) for f in files], columns=["image", "label"])
-    return dataset.map_batches(_decode, batch_format="pyarrow").materialize(), names
+        inception.load(path)
+    except ValueError as error:
+        raise SpecError(f"evaluate.inception_weights: {error}") from None
+    return inception.file_sha256(path)
 
 
 def evaluate_published(real_url: str, synthetic_url: str, out: str | None, epochs: int, seed: int,
-                       k: int = 3, copy_fraction: float = 0.1) -> dict[str, Any]:
+                       k: int = 3, copy_fraction: float = 0.1, inception_weights: str | None = None) -> dict[str, Any]:
     from pipeline.plots import class_means, utility_bars
-    from synth.metrics import evaluate_images
-
     train, names = read_split(real_url, "data", "train")
     test, _ = read_split(real_url, "data", "test")
     synthetic, synthetic_names = read_split(synthetic_url, "synthetic", "train")
     if synthetic_names != names:
         raise SourceError(f"{synthetic_url}: class names {synthetic_names} differ from {real_url}'s {names}")
-    shape = tuple(train.take(1)[0]["image"].shape)
-    evaluation = evaluate_images(train, test, synthetic, shape, len(names), epochs, seed, k=k,
-                                 copy_fraction=copy_fraction)
+    inception_sha256 = check_inception_weights(inception_weights)
+    evaluation = evaluate_images(train, test, synthetic, len(names), epochs, seed, k=k, copy_fraction=copy_fraction,
+                                 inception_weights=inception_weights)
     metrics = {**evaluation.metrics, "feature_extractor_sha256": evaluation.extractor_sha256}
+    if inception_sha256:
+        metrics["inception_weights_sha256"] = inception_sha256
     if out:
         target = io.resolve(out)
         target.fs.makedirs(target.path, exist_ok=True)

@@ -13,7 +13,7 @@ from typing import Any
 GATE_METRICS = (
     "fid_domain", "fid_domain_floor", "fid_domain_ratio", "kid_domain", "kid_domain_floor", "is_domain",
     "precision", "recall", "density", "coverage", "tstr_accuracy", "trtr_accuracy", "tstr_ratio", "tstr_macro_f1",
-    "augment_gain", "nn_copy_fraction", "dcr_ratio",
+    "augment_gain", "nn_copy_fraction", "dcr_ratio", "fid_inception",
 )
 _OPERATORS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt,
               "<": operator.lt}

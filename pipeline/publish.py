@@ -165,7 +165,8 @@ READING_GUIDE = [
     "space of that real-trained classifier (nothing downloaded): `fid_domain`/`kid_domain` (lower is",
     "better) are only meaningful next to their floor, the same distance between two real samples;",
     "`precision` (realism), `recall` (coverage of the real variety), `density` and `coverage` are in",
-    "[0, 1] (density can exceed 1). **Memorisation**: `dcr_ratio` well below 1 or a non-zero",
+    "[0, 1] (density can exceed 1). `fid_inception`, when present, is the standard FID (Inception-v3",
+    "pool features from a local weights file), comparable with published FIDs. **Memorisation**: `dcr_ratio` well below 1 or a non-zero",
     "`nn_copy_fraction` means the generator reproduces training images.",
 ]
 

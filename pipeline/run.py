@@ -24,6 +24,7 @@ import ray.data
 from pipeline import io, ops, plots, publish, sources
 from pipeline.annotate import apply_labels, discover_labels
 from pipeline.errors import GateError, SourceError
+from pipeline.evaluate import check_inception_weights
 from pipeline.gates import failed_gates
 from pipeline.ops.base import REJECT_REASON
 from pipeline.spec import Spec
@@ -117,6 +118,7 @@ def run(spec: Spec, address: str | None = None) -> RunReport:
     run_id = hashlib.sha256(f"{spec_hash}:{code_version['datakiln']}".encode()).hexdigest()[:12]
     run_dir = os.path.abspath(os.path.join(spec.run_root, spec.name, run_id))
     os.makedirs(run_dir, exist_ok=True)
+    inception_sha256 = check_inception_weights(spec.evaluate.inception_weights)
     connect(address)
     configure_data_context()
     log("run", f"{spec.name} run {run_id} → {run_dir}")
@@ -203,14 +205,17 @@ def run(spec: Spec, address: str | None = None) -> RunReport:
                                syn.sampler_actors).materialize()
             log("sample", f"{synthetic.count()} images from {generator_id}")
         if spec.evaluate.enabled:
-            from synth.metrics import evaluate_images
+            from synth.metrics import evaluate_images, pixels
 
             with _timed(timings, "evaluate"):
-                evaluation = evaluate_images(train, test, synthetic, (shape.height, shape.width, shape.channels),
+                evaluation = evaluate_images(pixels(train), pixels(test), pixels(synthetic),
                                              num_classes, spec.evaluate.classifier_epochs, spec.seed,
-                                             k=spec.evaluate.k, copy_fraction=spec.evaluate.copy_fraction)
+                                             k=spec.evaluate.k, copy_fraction=spec.evaluate.copy_fraction,
+                                             inception_weights=spec.evaluate.inception_weights)
                 metrics.update(evaluation.metrics)
                 lineage_checkpoint["feature_extractor_sha256"] = evaluation.extractor_sha256
+                if inception_sha256:
+                    lineage_checkpoint["inception_weights_sha256"] = inception_sha256
                 log("evaluate", ", ".join(f"{key} {metrics[key]:.4g}" for key in (
                     "tstr_accuracy", "trtr_accuracy", "tstr_ratio", "fid_domain", "fid_domain_floor", "precision",
                     "recall", "nn_copy_fraction")))

@@ -109,13 +109,16 @@ class SynthesizeSpec(_Section):
 
 class EvaluateSpec(_Section):
     enabled: bool = True
-    classifier_epochs: int = Field(default=8, ge=1)
+    classifier_epochs: int = Field(default=5, ge=1)
     """Epochs of the fixed small-CNN recipe used for TSTR, TRTR and the feature extractor."""
     k: int = Field(default=3, ge=1)
     """Neighbours for precision/recall/density/coverage."""
     copy_fraction: float = Field(default=0.1, gt=0, le=1)
     """A synthetic image nearer to a training image than this × the median held-out
     distance counts as a near-copy (`nn_copy_fraction`)."""
+    inception_weights: str | None = None
+    """Local FID Inception-v3 weights (pytorch-fid's `pt_inception-2015-12-05-*.pth`): adds
+    `fid_inception`. Never downloaded; costly on CPU (299×299 inputs)."""
     gates: dict[str, str] = Field(default_factory=dict)
     """Publish only when every metric meets its condition, e.g. `{tstr_ratio: ">= 0.9"}`."""
 

@@ -78,3 +78,32 @@ def test_gates():
     failures = failed_gates({"tstr_ratio": ">= 0.9", "nn_copy_fraction": "== 0", "fid_domain_ratio": "<= 3"},
                             {"tstr_ratio": 0.85, "nn_copy_fraction": 0.0})
     assert failures == ["tstr_ratio = 0.85 (needs >= 0.9)", "fid_domain_ratio not computed (needs <= 3)"]
+
+
+def test_fid_inception_from_a_local_weights_file(tmp_path):
+    import torch
+
+    from synth.metrics import inception
+
+    torch.manual_seed(0)
+    weights = tmp_path / "fid_inception.pth"
+    torch.save({**inception.build().state_dict(), "fc.weight": torch.zeros(1008, 2048)}, weights)
+    real = RNG.integers(0, 256, (6, 20, 20, 1), dtype=np.uint8)
+    shifted = np.clip(real.astype(int) + 90, 0, 255).astype(np.uint8)
+    same, copy, far = inception.inception_stats(str(weights), [real, real.copy(), shifted], actors=1)
+    assert frechet_distance(same, copy) == pytest.approx(0.0, abs=1e-6)
+    distance = frechet_distance(same, far)
+    assert distance > 0
+    # Block size does not change the value: features are merged as exact statistics.
+    inception.BLOCK, saved = 4, inception.BLOCK
+    try:
+        blocked = inception.inception_stats(str(weights), [real, shifted], actors=1)
+    finally:
+        inception.BLOCK = saved
+    assert frechet_distance(*blocked) == pytest.approx(distance, rel=1e-6)
+
+    with pytest.raises(ValueError, match="is not a local file"):
+        inception.load(str(tmp_path / "missing.pth"))
+    torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="not FID Inception-v3 weights"):
+        inception.load(str(tmp_path / "other.pth"))

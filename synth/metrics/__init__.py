@@ -13,6 +13,9 @@ from typing import Any
 import numpy as np
 import ray.data
 
+Split = tuple[np.ndarray, np.ndarray]
+"""uint8 images (N, H, W, C) and integer labels, in memory: evaluation sets are held-out and sample sets."""
+
 
 @dataclass
 class Evaluation:
@@ -23,7 +26,8 @@ class Evaluation:
     extractor_sha256: str
 
 
-def _pixels(dataset: ray.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+def pixels(dataset: ray.data.Dataset) -> Split:
+    """All `image` arrays and `label`s of a dataset, in order, as two numpy arrays."""
     images, labels = [], []
     for batch in dataset.select_columns(["image", "label"]).iter_batches(batch_size=4096, batch_format="numpy"):
         images.append(batch["image"])
@@ -36,9 +40,10 @@ def _class_means(images: np.ndarray, labels: np.ndarray, num_classes: int) -> np
                      for k in range(num_classes)])
 
 
-def evaluate_images(real_train: ray.data.Dataset, real_test: ray.data.Dataset, synthetic: ray.data.Dataset,
-                    shape: tuple[int, int, int], num_classes: int, epochs: int, seed: int,
-                    k: int = 3, copy_fraction: float = 0.1) -> Evaluation:
+def evaluate_images(real_train: Split, real_test: Split, synthetic: Split, num_classes: int, epochs: int, seed: int,
+                    k: int = 3, copy_fraction: float = 0.1, inception_weights: str | None = None) -> Evaluation:
+    """All image metrics for three in-memory splits (uint8 images (N, H, W, C), integer labels);
+    with `inception_weights` (a local FID Inception-v3 file) also `fid_inception` and its floor."""
     from synth.metrics import classifier
     from synth.metrics.fid import fid
     from synth.metrics.inception_score import inception_score
@@ -47,8 +52,8 @@ def evaluate_images(real_train: ray.data.Dataset, real_test: ray.data.Dataset, s
     from synth.metrics.privacy import memorisation
     from synth.metrics.utility import utility
 
-    metrics, extractor = utility(real_train, real_test, synthetic, shape, num_classes, epochs, seed)
-    train_emb, test_emb, syn_emb = (classifier.embed(extractor, d) for d in (real_train, real_test, synthetic))
+    metrics, extractor = utility(real_train, real_test, synthetic, num_classes, epochs, seed)
+    train_emb, test_emb, syn_emb = (classifier.embed(extractor, split[0]) for split in (real_train, real_test, synthetic))
     metrics["fid_domain"] = fid(syn_emb["features"], test_emb["features"])
     metrics["fid_domain_floor"] = fid(train_emb["features"], test_emb["features"])
     metrics["fid_domain_ratio"] = metrics["fid_domain"] / max(metrics["fid_domain_floor"], 1e-12)
@@ -59,11 +64,16 @@ def evaluate_images(real_train: ray.data.Dataset, real_test: ray.data.Dataset, s
     metrics.update(prdc(test_emb["features"], syn_emb["features"], k=k))
     metrics.update({f"{key}_floor": value for key, value in prdc(test_emb["features"], train_emb["features"], k=k).items()})
 
-    train_px, train_labels = _pixels(real_train)
-    test_px, _ = _pixels(real_test)
-    syn_px, syn_labels = _pixels(synthetic)
+    if inception_weights:
+        from synth.metrics.fid import frechet_distance
+        from synth.metrics.inception import inception_stats
+
+        test_stats, syn_stats, train_stats = inception_stats(inception_weights,
+                                                             [real_test[0], synthetic[0], real_train[0]])
+        metrics["fid_inception"] = frechet_distance(syn_stats, test_stats)
+        metrics["fid_inception_floor"] = frechet_distance(train_stats, test_stats)
+
     flat = lambda x: x.reshape(len(x), -1).astype(np.float32) / 255.0  # noqa: E731
-    metrics.update(memorisation(flat(syn_px), flat(train_px), flat(test_px), copy_fraction))
-    means = {"real": _class_means(train_px, train_labels, num_classes),
-             "synthetic": _class_means(syn_px, syn_labels, num_classes)}
+    metrics.update(memorisation(flat(synthetic[0]), flat(real_train[0]), flat(real_test[0]), copy_fraction))
+    means = {"real": _class_means(*real_train, num_classes), "synthetic": _class_means(*synthetic, num_classes)}
     return Evaluation(metrics=metrics, class_means=means, extractor_sha256=classifier.weights_sha256(extractor))

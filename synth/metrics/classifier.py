@@ -1,6 +1,7 @@
 """The one fixed classifier recipe behind TSTR/TRTR and the domain feature extractor.
 
-A small CNN, Adam 1e-3, batch 128, seeded; data streamed from Ray Datasets. Its
+A small CNN, Adam with a one-cycle learning rate (peak 3e-3), batch 128, seeded, fitted on
+in-memory uint8 arrays (evaluation sets are held-out and sample sets). Its
 penultimate layer (128 features) is the embedding the distribution metrics use, so no
 weights are downloaded: the extractor is trained on the real train split.
 """
@@ -8,12 +9,13 @@ weights are downloaded: the extractor is trained on the real train split.
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 import numpy as np
-import ray.data
 
 BATCH_SIZE = 128
+PEAK_LR = 3e-3
 FEATURES = 128
 
 
@@ -28,54 +30,57 @@ def build(channels: int, height: int, width: int, num_classes: int):
     )
 
 
-def inputs(batch):
-    return batch["image"].permute(0, 3, 1, 2).float().div_(255.0), batch["label"].long()
+def _inputs(images: np.ndarray):
+    import torch
+
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def fit(train: ray.data.Dataset, shape: tuple[int, int, int], num_classes: int, epochs: int, seed: int):
-    """Train the recipe on `train` (rows `image`, `label`; already globally shuffled)."""
+def fit(images: np.ndarray, labels: np.ndarray, num_classes: int, epochs: int, seed: int):
+    """Train the recipe on uint8 `images` (N, H, W, C) and integer `labels`, shuffled per epoch
+    by a generator seeded from `seed`."""
     import torch
     from torch.nn import functional as F
 
     torch.manual_seed(seed)
-    model = build(shape[2], shape[0], shape[1], num_classes)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for epoch in range(epochs):
-        model.train()
-        for batch in train.iter_torch_batches(batch_size=BATCH_SIZE, local_shuffle_buffer_size=8 * BATCH_SIZE,
-                                              local_shuffle_seed=seed + epoch):
-            images, labels = inputs(batch)
+    generator = torch.Generator().manual_seed(seed)
+    height, width, channels = images.shape[1:]
+    model = build(channels, height, width, num_classes)
+    optimizer = torch.optim.Adam(model.parameters(), lr=PEAK_LR)
+    steps_per_epoch = math.ceil(len(labels) / BATCH_SIZE)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=PEAK_LR, total_steps=epochs * steps_per_epoch)
+    targets = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(targets), generator=generator).numpy()
+        for start in range(0, len(order), BATCH_SIZE):
+            rows = np.sort(order[start:start + BATCH_SIZE])
             optimizer.zero_grad()
-            F.cross_entropy(model(images), labels).backward()
+            F.cross_entropy(model(_inputs(images[rows])), targets[rows]).backward()
             optimizer.step()
+            schedule.step()
     return model.eval()
 
 
-def confusion(model, test: ray.data.Dataset, num_classes: int) -> np.ndarray:
-    import torch
-
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    with torch.no_grad():
-        for batch in test.iter_torch_batches(batch_size=512):
-            images, labels = inputs(batch)
-            np.add.at(matrix, (labels.numpy(), model(images).argmax(1).numpy()), 1)
-    return matrix
-
-
-def embed(model, dataset: ray.data.Dataset) -> dict[str, np.ndarray]:
-    """Penultimate features, class probabilities and labels of every row (in order)."""
+def embed(model, images: np.ndarray, block: int = 1024) -> dict[str, np.ndarray]:
+    """Penultimate features and class probabilities of every image (in order)."""
     import torch
 
     head, last = model[:-1], model[-1]
-    features, probs, labels = [], [], []
+    features, probs = [], []
     with torch.no_grad():
-        for batch in dataset.select_columns(["image", "label"]).iter_torch_batches(batch_size=512):
-            images, batch_labels = inputs(batch)
-            hidden = head(images)
+        for start in range(0, len(images), block):
+            hidden = head(_inputs(images[start:start + block]))
             features.append(hidden.numpy().astype(np.float64))
             probs.append(torch.softmax(last(hidden), 1).numpy().astype(np.float64))
-            labels.append(batch_labels.numpy())
-    return {"features": np.concatenate(features), "probs": np.concatenate(probs), "labels": np.concatenate(labels)}
+    return {"features": np.concatenate(features), "probs": np.concatenate(probs)}
+
+
+def confusion(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Confusion matrix (rows = truth) of the argmax of `probs`."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(labels, dtype=np.int64), probs.argmax(1)), 1)
+    return matrix
 
 
 def weights_sha256(model) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg
 
 
 @dataclass
@@ -37,16 +36,24 @@ class GaussianStats:
         return mean, cov
 
 
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eigh(matrix)
+    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+
+
 def frechet_distance(a: GaussianStats, b: GaussianStats) -> float:
-    """||μa − μb||² + Tr(Σa + Σb − 2 (Σa Σb)^½)."""
+    """||μa − μb||² + Tr(Σa + Σb − 2 (Σa Σb)^½).
+
+    Tr (Σa Σb)^½ is the sum of the square roots of the eigenvalues of the symmetric PSD
+    matrix Σa^½ Σb Σa^½, which stays exact and real when the covariances are singular
+    (dead ReLU features), where a general matrix square root loses precision.
+    """
     mu_a, cov_a = a.mean_cov()
     mu_b, cov_b = b.mean_cov()
-    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    if not np.isfinite(root).all():  # near-singular product: regularise as the standard tools do
-        offset = np.eye(len(cov_a)) * 1e-6
-        root = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
-    root = root.real
-    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root))
+    root_a = _psd_sqrt(cov_a)
+    product = root_a @ cov_b @ root_a
+    trace_root = np.sqrt(np.clip(np.linalg.eigvalsh((product + product.T) / 2), 0.0, None)).sum()
+    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)
 
 
 def fid(features_a: np.ndarray, features_b: np.ndarray, block: int = 4096) -> float:

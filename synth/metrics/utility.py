@@ -1,44 +1,52 @@
 """Utility: train-on-synthetic-test-on-real (TSTR) against train-on-real-test-on-real (TRTR),
 and the gain from adding synthetic data to the real training set.
 
-The same fixed recipe (`classifier`) is fitted three times as parallel Ray tasks, streaming
-their data from Ray Datasets; the TRTR model is returned to serve as the feature extractor.
+The same fixed recipe (`classifier`) is fitted three times in Ray tasks on arrays shared
+through the object store; the TRTR model is returned to serve as the feature extractor.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import ray
-import ray.data
 
-from synth.metrics import classifier
+from synth.metrics import Split, classifier
 
 
 @ray.remote(num_cpus=1)
-def _fit_and_score(train: ray.data.Dataset, test: ray.data.Dataset, shape: tuple[int, int, int],
-                   num_classes: int, epochs: int, seed: int, keep_model: bool):
+def _fit_and_score(test: Split, num_classes: int, epochs: int, seed: int, real: Split, synthetic: Split,
+                   fits: tuple[str, ...]) -> dict[str, tuple[dict[str, Any], Any]]:
     import torch
 
     torch.set_num_threads(1)
-    model = classifier.fit(train, shape, num_classes, epochs, seed)
-    result = classifier.scores(classifier.confusion(model, test, num_classes))
-    return result, (model.state_dict() if keep_model else None)
+    parts = {"real": [real], "synthetic": [synthetic], "both": [real, synthetic]}
+    results = {}
+    for name in fits:
+        images = np.concatenate([part[0] for part in parts[name]])
+        labels = np.concatenate([part[1] for part in parts[name]])
+        model = classifier.fit(images, labels, num_classes, epochs, seed)
+        probs = classifier.embed(model, test[0])["probs"]
+        results[name] = (classifier.scores(classifier.confusion(probs, test[1], num_classes)),
+                         model.state_dict() if name == "real" else None)
+    return results
 
 
-def utility(real_train: ray.data.Dataset, real_test: ray.data.Dataset, synthetic: ray.data.Dataset,
-            shape: tuple[int, int, int], num_classes: int, epochs: int, seed: int) -> tuple[dict[str, Any], Any]:
-    """TSTR/TRTR/augmentation scores (keys as in `metrics.json`) and the TRTR model."""
-    columns = ["image", "label"]
-    real_train, synthetic, real_test = (d.select_columns(columns) for d in (real_train, synthetic, real_test))
-    # Inputs may be sorted by class (class folders, generated sets): one seeded global
-    # shuffle, then the per-epoch local shuffle mixes every batch.
-    mixed = {name: d.random_shuffle(seed=seed).materialize() for name, d in
-             (("synthetic", synthetic), ("real", real_train), ("both", real_train.union(synthetic)))}
-    refs = {name: _fit_and_score.remote(d, real_test, shape, num_classes, epochs, seed, name == "real")
-            for name, d in mixed.items()}
-    (tstr, _), (trtr, state), (both, _) = ray.get([refs["synthetic"], refs["real"], refs["both"]])
-    model = classifier.build(shape[2], shape[0], shape[1], num_classes)
+def utility(real_train: Split, real_test: Split, synthetic: Split, num_classes: int, epochs: int,
+            seed: int) -> tuple[dict[str, Any], Any]:
+    """TSTR/TRTR/augmentation scores (keys as in `metrics.json`) and the TRTR model.
+
+    Two tasks of equal work: real-only then synthetic-only, and real+synthetic.
+    """
+    refs = [ray.put(split) for split in (real_test, real_train, synthetic)]
+    results = {}
+    for part in ray.get([_fit_and_score.remote(refs[0], num_classes, epochs, seed, refs[1], refs[2], fits)
+                         for fits in (("real", "synthetic"), ("both",))]):
+        results.update(part)
+    (tstr, _), (trtr, state), (both, _) = results["synthetic"], results["real"], results["both"]
+    height, width, channels = real_train[0].shape[1:]
+    model = classifier.build(channels, height, width, num_classes)
     model.load_state_dict(state)
     return {
         "tstr_accuracy": tstr["accuracy"], "trtr_accuracy": trtr["accuracy"],
