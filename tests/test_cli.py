@@ -45,6 +45,8 @@ def test_wrong_magic_and_count_mismatch(tmp_path, capsys):
     (["validate", "SPEC", "--set", "synthesize.epoch=3"], "synthesize.epoch: unknown key"),
     (["run", "SPEC", "--set", "synthesize.epochs=many"], "synthesize.epochs: Input should be a valid integer"),
     (["validate", "MISSING"], "MISSING: spec file not found"),
+    (["run", "SPEC", "--set", "evaluate.inception_weights=/no/such.pth"],
+     "evaluate.inception_weights: /no/such.pth is not a local file (weights are never downloaded)"),
 ])
 def test_spec_errors(tmp_path, capsys, argv, message):
     spec = _idx_spec(tmp_path, "a.gz", "b.gz")
