@@ -33,7 +33,7 @@ def build(channels: int, height: int, width: int, num_classes: int):
 def _inputs(images: np.ndarray):
     import torch
 
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+    return torch.tensor(images).permute(0, 3, 1, 2).float().div_(255.0)  # a copy: shared arrays are read-only
 
 
 def fit(images: np.ndarray, labels: np.ndarray, num_classes: int, epochs: int, seed: int):
