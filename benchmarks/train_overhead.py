@@ -79,7 +79,7 @@ def ray_loop(images, labels, model_name: str, epochs: int, batch_size: int) -> t
                      storage_path=os.path.join(folder, "train"), run_name="overhead", max_failures=0,
                      model_dir=os.path.join(folder, "model"))
         total = time.perf_counter() - began
-    rates = [row["images_per_s"] for row in result.history]
+    rates = [row["rows_per_s"] for row in result.history]
     startup = result.attempts[0]["time"] - wall  # the loop records its start before the first step
     ray.shutdown()
     return float(np.median(rates[1:])), startup, total

@@ -14,6 +14,8 @@ GATE_METRICS = (
     "fid_domain", "fid_domain_floor", "fid_domain_ratio", "kid_domain", "kid_domain_floor", "is_domain",
     "precision", "recall", "density", "coverage", "tstr_accuracy", "trtr_accuracy", "tstr_ratio", "tstr_macro_f1",
     "augment_gain", "nn_copy_fraction", "dcr_ratio", "fid_inception",
+    "quality_score", "column_shapes", "column_pair_trends", "detection_auc", "tstr_f1", "trtr_f1", "tstr_f1_ratio",
+    "dcr_median_synthetic", "dcr_median_holdout", "exact_copies",
 )
 _OPERATORS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt,
               "<": operator.lt}

@@ -82,7 +82,7 @@ def loss_curves(history: list[dict[str, float]], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in history[0] if k not in ("epoch", "step", "images_per_s")]
+    keys = [k for k in history[0] if k not in ("epoch", "step", "rows_per_s")]
     figure, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.6), squeeze=False)
     epochs = [row["epoch"] + 1 for row in history]
     for axis, key in zip(axes[0], keys):
@@ -92,3 +92,41 @@ def loss_curves(history: list[dict[str, float]], path: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def column_distributions(real, synthetic, kinds: dict[str, str], path: str, max_categories: int = 12) -> None:
+    """One panel per modelled column: histograms (numbers) or bar pairs (categories), real vs synthetic."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from synth.metrics.tabular import CATEGORY_KINDS, NUMERIC_KINDS, _categories, _numbers
+
+    names = [n for n, k in kinds.items() if k in NUMERIC_KINDS + CATEGORY_KINDS]
+    cols = 4
+    rows = max(1, -(-len(names) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        if kinds[name] in NUMERIC_KINDS:
+            a, b = _numbers(real[name], kinds[name]), _numbers(synthetic[name], kinds[name])
+            a, b = a[~np.isnan(a)], b[~np.isnan(b)]
+            low, high = np.quantile(a, [0.005, 0.995]) if len(a) else (0, 1)
+            bins = np.linspace(low, high if high > low else low + 1, 40)
+            ax.hist(np.clip(a, low, high), bins=bins, alpha=0.5, density=True, label="real")
+            ax.hist(np.clip(b, low, high), bins=bins, alpha=0.5, density=True, label="synthetic")
+        else:
+            a, b = _categories(real[name]), _categories(synthetic[name])
+            values, counts = np.unique(a, return_counts=True)
+            top = values[np.argsort(-counts)][:max_categories]
+            x = np.arange(len(top))
+            ax.bar(x - 0.2, [np.mean(a == v) for v in top], 0.4, label="real")
+            ax.bar(x + 0.2, [np.mean(b == v) for v in top], 0.4, label="synthetic")
+            ax.set_xticks(x, [str(v)[:10] for v in top], rotation=60, fontsize=7)
+        ax.set_title(name, fontsize=9)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -107,6 +107,26 @@ def _code_version() -> dict[str, Any]:
     return versions
 
 
+def train_config(spec: Spec, run_id: str, run_dir: str):
+    """The Ray Train settings of a run: (TrainConfig, checkpoint storage, Ray Train run name).
+    Unset spec values take the model's defaults."""
+    from synth.models import get_model
+    from synth.models.base import with_defaults
+    from synth.train import TrainConfig
+
+    syn = spec.synthesize
+    model_config = with_defaults(get_model(syn.model), {"latent_dim": syn.latent_dim, "learning_rate": syn.learning_rate,
+                                                        "batch_size": syn.batch_size, "epochs": syn.epochs})
+    batch_size, epochs = model_config.pop("batch_size"), model_config.pop("epochs")
+    storage = (os.path.abspath(syn.storage) if syn.storage and "://" not in syn.storage
+               else syn.storage or os.path.join(run_dir, "train"))
+    run_name = f"{spec.name}-{run_id}"
+    config = TrainConfig(model=syn.model, model_config=model_config, epochs=epochs, batch_size=batch_size,
+                         seed=spec.seed, attempts_uri=f"{storage.rstrip('/')}/{run_name}/datakiln-attempts",
+                         checkpoint_every=syn.checkpoint_every or max(1, epochs // 10))
+    return config, storage, run_name
+
+
 def run(spec: Spec, address: str | None = None) -> RunReport:
     """Run every stage of `spec`; publish only when all of them succeed."""
     from cluster.runtime import configure_data_context, connect
@@ -122,6 +142,10 @@ def run(spec: Spec, address: str | None = None) -> RunReport:
     connect(address)
     configure_data_context()
     log("run", f"{spec.name} run {run_id} → {run_dir}")
+    if spec.source.kind == "table":
+        from pipeline.tables import run_table
+
+        return run_table(spec, run_id, run_dir, spec_hash, code_version, timings)
 
     with _timed(timings, "collect"):
         collected = sources.read(spec.source)
@@ -168,27 +192,17 @@ def run(spec: Spec, address: str | None = None) -> RunReport:
     lineage_checkpoint: dict[str, Any] | None = None
     synthetic = evaluation = trained = None
     if spec.synthesize.enabled:
-        from synth.models import get_model
-        from synth.models.base import ImageSchema, with_defaults
+        from synth.models.base import ImageSchema
         from synth.sample import sample
-        from synth.train import TrainConfig, fit
+        from synth.train import fit
 
         syn = spec.synthesize
         with _timed(timings, "train"):
             schema = ImageSchema(shape.height, shape.width, shape.channels, num_classes)
-            model_config = with_defaults(get_model(syn.model), {"latent_dim": syn.latent_dim,
-                                                                 "learning_rate": syn.learning_rate,
-                                                                 "batch_size": syn.batch_size})
-            batch_size = model_config.pop("batch_size")
-            storage = (os.path.abspath(syn.storage) if syn.storage and "://" not in syn.storage
-                       else syn.storage or os.path.join(run_dir, "train"))
-            run_name = f"{spec.name}-{run_id}"
-            config = TrainConfig(model=syn.model, model_config=model_config, epochs=syn.epochs,
-                                 batch_size=batch_size, seed=spec.seed,
-                                 attempts_uri=f"{storage.rstrip('/')}/{run_name}/datakiln-attempts",
-                                 checkpoint_every=syn.checkpoint_every)
+            config, storage, run_name = train_config(spec, run_id, run_dir)
+            batch_size = config.batch_size
             log("train", f"{syn.model} on {split_rows['train']} images, {syn.workers} worker(s), "
-                f"{'GPU' if syn.use_gpu else 'CPU'}, global batch {batch_size * syn.workers}, {syn.epochs} epochs")
+                f"{'GPU' if syn.use_gpu else 'CPU'}, global batch {batch_size * syn.workers}, {config.epochs} epochs")
             # Sources may be sorted by class (class folders): mix once, seeded, before training.
             trained = fit(train.random_shuffle(seed=spec.seed).materialize(), schema, config,
                           workers=syn.workers, use_gpu=syn.use_gpu, storage_path=storage, run_name=run_name,
@@ -198,7 +212,7 @@ def run(spec: Spec, address: str | None = None) -> RunReport:
             weights_sha = io.sha256_file(weights)
             generator_id = f"{syn.model}-{weights_sha[:12]}"
             lineage_checkpoint = {"uri": weights.url, "sha256": weights_sha, "train_checkpoint": trained.checkpoint_path,
-                                  "generator_id": generator_id, "epochs": syn.epochs, "steps": trained.steps,
+                                  "generator_id": generator_id, "epochs": config.epochs, "steps": trained.steps,
                                   "attempts": trained.attempts, "restarts": len(trained.attempts) - 1}
         with _timed(timings, "sample"):
             synthetic = sample(trained.model_dir, num_classes, syn.samples_per_class, spec.seed, generator_id,

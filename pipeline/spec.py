@@ -17,12 +17,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.errors import SpecError
 
 
+DEFAULT_IMAGE_OPS = ("decode", "color", "resize", "dedup")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class SourceSpec(_Section):
     format: Literal["idx", "images", "parquet", "csv", "jsonl", "sklearn"]
+    kind: Literal["image", "table"] | None = None
+    """What the rows are: `image` (default for idx/images/sklearn) or `table` (default for
+    parquet/csv/jsonl; set `image` for tables of encoded images)."""
+    columns: dict[str, Literal["numeric", "categorical", "boolean", "datetime", "id", "ignore"]] = Field(
+        default_factory=dict)
+    """`table`: column kinds that override inference (`ignore` drops a column)."""
     path: str | None = None
     """fsspec URL of a file, a folder or a glob (`sklearn`: the bundled dataset name, e.g. `digits`)."""
     labels: str | None = None
@@ -44,20 +53,20 @@ class SourceSpec(_Section):
 
 
 class PreprocessSpec(_Section):
-    ops: list[dict[str, Any]] = Field(
-        default_factory=lambda: [{"op": "decode"}, {"op": "color"}, {"op": "resize"}, {"op": "dedup"}],
-        validate_default=True,
-    )
-    """Operators in order, each `{op: NAME, **params}`; see `pipeline.ops.registry`."""
+    ops: list[dict[str, Any]] | None = None
+    """Image operators in order, each `{op: NAME, **params}`; see `pipeline.ops.registry`.
+    Default: decode, color, resize, dedup. Tables are cleaned by type instead (see below)."""
+    dedup_rows: bool = True
+    """`table`: reject exact duplicate rows (same values in every modelled column)."""
     max_reject_fraction: float = Field(default=0.1, ge=0, le=1)
     """Fail the run when more than this fraction of input rows is rejected."""
 
     @field_validator("ops")
     @classmethod
-    def _check_ops(cls, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _check_ops(cls, ops: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
         from pipeline.ops import registry
 
-        return [registry.validate_params(i, op) for i, op in enumerate(ops)]
+        return None if ops is None else [registry.validate_params(i, op) for i, op in enumerate(ops)]
 
 
 class AnnotateSpec(_Section):
@@ -75,8 +84,10 @@ class SplitSpec(_Section):
 
 class SynthesizeSpec(_Section):
     enabled: bool = True
-    model: str = "cvae"
-    epochs: int = Field(default=30, ge=1)
+    model: str | None = None
+    """Default: `cvae` for images, `tvae` for tables."""
+    epochs: int | None = Field(default=None, ge=1)
+    """Default: the model's own (cvae/cgan 30, tvae/ctgan 300)."""
     batch_size: int | None = Field(default=None, ge=1)
     """Per-worker batch size (default: the model's own, cvae 128, cgan 64); the global batch
     is `batch_size * workers`."""
@@ -87,22 +98,30 @@ class SynthesizeSpec(_Section):
     workers: int = Field(default=1, ge=1)
     use_gpu: bool = False
     samples_per_class: int = Field(default=1000, ge=1)
+    """`image`: synthetic images per class."""
+    rows: int | None = Field(default=None, ge=1)
+    """`table`: synthetic rows when no `conditions` are given (default: the train split's
+    size, with the target's class shares)."""
+    conditions: dict[str, dict[str, int]] = Field(default_factory=dict)
+    """`table`: exact counts per value of one categorical column, e.g.
+    `{deposit: {"yes": 5000, "no": 5000}}`."""
     sampler_actors: int = Field(default=2, ge=1)
     storage: str | None = None
     """Where Ray Train keeps checkpoints (local dir or fsspec URL). Default: `<run_dir>/train`."""
     max_failures: int = Field(default=0, ge=0)
     """Worker failures survived by restarting from the last checkpoint."""
-    checkpoint_every: int = Field(default=1, ge=1)
-    """Checkpoint every N epochs (and always after the last)."""
+    checkpoint_every: int | None = Field(default=None, ge=1)
+    """Checkpoint every N epochs (and always after the last). Default: about ten per run
+    (every epoch for runs under 20 epochs)."""
     keep_checkpoints: int = Field(default=2, ge=1)
     """How many of the latest checkpoints to keep."""
 
     @field_validator("model")
     @classmethod
-    def _known_model(cls, name: str) -> str:
+    def _known_model(cls, name: str | None) -> str | None:
         from synth.models import MODEL_NAMES
 
-        if name not in MODEL_NAMES:
+        if name is not None and name not in MODEL_NAMES:
             raise ValueError(f"unknown model '{name}'; known: {', '.join(MODEL_NAMES)}")
         return name
 
@@ -148,6 +167,31 @@ class Spec(_Section):
     synthesize: SynthesizeSpec = Field(default_factory=SynthesizeSpec)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     publish: PublishSpec = Field(default_factory=PublishSpec)
+
+    @model_validator(mode="after")
+    def _resolve_kind(self) -> Spec:
+        """Fill the defaults that depend on the kind of rows, and check the pieces agree."""
+        from synth.models import TABLE_MODELS
+
+        source = self.source
+        if source.kind is None:
+            source.kind = "table" if source.format in ("parquet", "csv", "jsonl") else "image"
+        if source.kind == "table" and source.format not in ("parquet", "csv", "jsonl"):
+            raise ValueError(f"source.kind: '{source.format}' sources hold images, not tables")
+        if self.preprocess.ops is None:
+            self.preprocess.ops = [] if source.kind == "table" else [{"op": op} for op in DEFAULT_IMAGE_OPS]
+        if source.kind == "table" and self.preprocess.ops:
+            raise ValueError("preprocess.ops: image operators do not apply to a table source "
+                             "(tables are cleaned by column type; see preprocess.dedup_rows)")
+        syn = self.synthesize
+        if syn.model is None:
+            syn.model = "tvae" if source.kind == "table" else "cvae"
+        if (syn.model in TABLE_MODELS) != (source.kind == "table"):
+            raise ValueError(f"synthesize.model: '{syn.model}' does not generate {source.kind}s "
+                             f"(tables: {', '.join(TABLE_MODELS)})")
+        if syn.conditions and len(syn.conditions) != 1:
+            raise ValueError("synthesize.conditions: give counts for one column")
+        return self
 
     def spec_hash(self) -> str:
         """sha256 of the resolved spec: the same spec gives the same hash on any machine."""

@@ -25,7 +25,7 @@ from ray.train.torch import TorchTrainer
 
 from synth.models import get_model
 from synth.models.base import ImageSchema, save_generator, unwrap
-from synth.step import autocast_for, prepare_module, to_model_input
+from synth.step import autocast_for, prepare_module
 
 STATE_FILE = "state.pt"
 SHARD_CACHE_BYTES = 2 * 2**30
@@ -45,7 +45,8 @@ class _Shard:
 
     def epoch(self, epoch: int):
         if self.cached is not None:
-            order = torch.randperm(len(self.cached["label"]), generator=torch.Generator().manual_seed(self.seed + epoch))
+            rows = len(next(iter(self.cached.values())))
+            order = torch.randperm(rows, generator=torch.Generator().manual_seed(self.seed + epoch))
             for start in range(0, len(order), self.batch_size):
                 index = order[start:start + self.batch_size]
                 yield {k: v[index].to(self.device, non_blocking=True) for k, v in self.cached.items()}
@@ -167,8 +168,10 @@ def _quiet_ray_logs() -> None:
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """Runs on every worker; `config` holds a `TrainConfig` and the `ImageSchema` as dicts."""
-    cfg, schema = TrainConfig(**config["train"]), ImageSchema(**config["schema"])
+    """Runs on every worker; `config` holds a `TrainConfig` and the model's schema as dicts."""
+    cfg = TrainConfig(**config["train"])
+    model = get_model(cfg.model)
+    schema = model.schema_type(**config["schema"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     _quiet_ray_logs()
@@ -176,7 +179,6 @@ def train_loop(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
     torch.manual_seed(cfg.seed * 1000 + rank)
     device = ray.train.torch.get_device()
-    model = get_model(cfg.model)
     networks = {name: prepare_module(net, device) for name, net in model.build(schema, cfg.model_config).items()}
     for name in model.trained:
         networks[name] = ray.train.torch.prepare_model(networks[name])
@@ -193,22 +195,24 @@ def train_loop(config: dict[str, Any]) -> None:
         sums: dict[str, torch.Tensor] = {}
         seen, began = 0, time.perf_counter()
         for batch in shard.epoch(epoch):
-            images, labels = to_model_input(batch)
+            inputs = model.inputs(batch)
             with autocast_for(device):
-                losses = model.training_step(networks, images, labels, optimizers)
+                losses = model.training_step(networks, *inputs, optimizers)
+            rows = len(inputs[0])
             for key, value in losses.items():
-                sums[key] = sums.get(key, 0.0) + value.float() * len(labels)  # no GPU sync per step
-            seen += len(labels)
+                sums[key] = sums.get(key, 0.0) + value.float() * rows  # no GPU sync per step
+            seen += rows
             step += 1
-        metrics = {"epoch": epoch, "step": step, "images_per_s": seen * world / max(time.perf_counter() - began, 1e-9),
+        metrics = {"epoch": epoch, "step": step, "rows_per_s": seen * world / max(time.perf_counter() - began, 1e-9),
                    **{k: float(v) / max(seen, 1) for k, v in sums.items()}}
         if rank == 0:
             shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch", "step"))
             # sys.stdout, not print: Ray Train re-routes print() and shows each line twice.
             sys.stdout.write(f"[train] epoch {epoch + 1}/{cfg.epochs} {shown}\n")
             sys.stdout.flush()
-            _save_sample_grid(model, networks, schema, cfg.model_config,
-                              f"{cfg.attempts_uri.rsplit('/', 1)[0]}/samples/epoch-{epoch + 1:03d}.png")
+            if model.modality == "image":
+                _save_sample_grid(model, networks, schema, cfg.model_config,
+                                  f"{cfg.attempts_uri.rsplit('/', 1)[0]}/samples/epoch-{epoch + 1:03d}.png")
         due = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
         _report(networks, optimizers, epoch, step, metrics, checkpoint=due)
 
@@ -225,10 +229,11 @@ class TrainResult:
     seconds: float
 
 
-def fit(train: ray.data.Dataset, schema: ImageSchema, cfg: TrainConfig, *, workers: int, use_gpu: bool,
+def fit(train: ray.data.Dataset, schema: Any, cfg: TrainConfig, *, workers: int, use_gpu: bool,
         storage_path: str, run_name: str, max_failures: int, model_dir: str, keep_checkpoints: int = 2) -> TrainResult:
     """Train (or resume) the generator and export its sampling network to `model_dir`."""
     began = time.perf_counter()
+    model = get_model(cfg.model)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"train": asdict(cfg), "schema": asdict(schema)},
@@ -238,12 +243,11 @@ def fit(train: ray.data.Dataset, schema: ImageSchema, cfg: TrainConfig, *, worke
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
         ),
-        datasets={"train": train.select_columns(["image", "label"])},
+        datasets={"train": train.select_columns(["image", "label"] if model.modality == "image" else ["features"])},
     )
     result = trainer.fit()
     with result.checkpoint.as_directory() as folder:
         state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
-    model = get_model(cfg.model)
     sampler = model.sampler(schema, cfg.model_config)
     sampler.load_state_dict(state["networks"][model.sampler_name()])
     save_generator(model_dir, cfg.model, sampler, schema, cfg.model_config)

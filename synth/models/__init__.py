@@ -6,7 +6,9 @@ import importlib
 
 from synth.models.base import GeneratorModel, ImageSchema
 
-_MODELS = {"cvae": ("synth.models.cvae", "ConditionalVAE"), "cgan": ("synth.models.cgan", "ConditionalGAN")}
+_MODELS = {"cvae": ("synth.models.cvae", "ConditionalVAE"), "cgan": ("synth.models.cgan", "ConditionalGAN"),
+           "tvae": ("synth.models.tvae", "TabularVAE"), "ctgan": ("synth.models.ctgan", "TabularGAN")}
+TABLE_MODELS = ("tvae", "ctgan")
 MODEL_NAMES = tuple(_MODELS)
 
 
@@ -17,4 +19,4 @@ def get_model(name: str) -> GeneratorModel:
     return getattr(importlib.import_module(module), cls)()
 
 
-__all__ = ["GeneratorModel", "ImageSchema", "MODEL_NAMES", "get_model"]
+__all__ = ["GeneratorModel", "ImageSchema", "MODEL_NAMES", "TABLE_MODELS", "get_model"]

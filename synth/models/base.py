@@ -30,6 +30,10 @@ class GeneratorModel(Protocol):
     """
 
     name: ClassVar[str]
+    modality: ClassVar[str]
+    """`image` or `table`: which pipeline and sampler the model serves."""
+    schema_type: ClassVar[type]
+    """`ImageSchema` or `TableSchema`: what `build` is given (stored in `model.json`)."""
     trained: ClassVar[tuple[str, ...]]
     defaults: ClassVar[dict[str, Any]]
     """Config defaults (`latent_dim`, `learning_rate`, …) that the spec may override."""
@@ -38,8 +42,12 @@ class GeneratorModel(Protocol):
 
     def optimizers(self, networks: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]: ...
 
-    def training_step(self, networks: dict[str, Any], images, labels, optimizers: dict[str, Any]) -> dict[str, Any]:
-        """One update of every trained network; returns detached losses."""
+    def inputs(self, batch: dict[str, Any]) -> tuple[Any, ...]:
+        """A batch of training rows (torch tensors by column) → `training_step`'s inputs."""
+
+    def training_step(self, networks: dict[str, Any], *inputs_and_optimizers) -> dict[str, Any]:
+        """`training_step(networks, *inputs, optimizers)`: one update of every trained
+        network; returns detached losses."""
 
     def sampler(self, schema: ImageSchema, config: dict[str, Any]):
         """A fresh instance of the network that `sample` uses (what gets exported)."""
@@ -51,6 +59,18 @@ class GeneratorModel(Protocol):
         """Images for `labels` from `noise` (rows of `noise_dim` standard normals)."""
 
     def noise_dim(self, config: dict[str, Any]) -> int: ...
+
+
+class ImageModel:
+    """What the image generators share: (N, C, H, W) floats in [0, 1] and class labels in."""
+
+    modality = "image"
+    schema_type = ImageSchema
+
+    def inputs(self, batch: dict[str, Any]) -> tuple[Any, ...]:
+        from synth.step import to_model_input
+
+        return to_model_input(batch)
 
 
 def with_defaults(model: GeneratorModel, config: dict[str, Any]) -> dict[str, Any]:
@@ -68,7 +88,7 @@ def row_noise(seed: int, row_ids: np.ndarray, dim: int) -> np.ndarray:
     return np.stack([np.random.default_rng([seed, int(i)]).standard_normal(dim) for i in row_ids]).astype(np.float32)
 
 
-def save_generator(directory: str, model_name: str, sampler, schema: ImageSchema, config: dict[str, Any]) -> str:
+def save_generator(directory: str, model_name: str, sampler, schema: Any, config: dict[str, Any]) -> str:
     """Write `model.safetensors` (the sampling network) + `model.json`; return the weights path."""
     from safetensors.torch import save_file
 
@@ -90,7 +110,7 @@ def load_generator(directory: str):
     with open(os.path.join(directory, "model.json")) as handle:
         meta = json.load(handle)
     model = get_model(meta["model"])
-    schema = ImageSchema(**meta["schema"])
+    schema = model.schema_type(**meta["schema"])
     sampler = model.sampler(schema, meta["config"])
     sampler.load_state_dict(load_file(os.path.join(directory, "model.safetensors")))
     return model, sampler.eval(), schema, meta["config"]

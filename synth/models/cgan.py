@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import spectral_norm
 
-from synth.models.base import ImageSchema
+from synth.models.base import ImageModel, ImageSchema
 
 
 def _with_class_maps(x: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
@@ -60,11 +60,11 @@ class _Discriminator(nn.Module):
         return self.score(h).squeeze(1) + (self.embed(labels) * h).sum(1)
 
 
-class ConditionalGAN:
+class ConditionalGAN(ImageModel):
     name = "cgan"
     trained = ("generator", "discriminator")
     # Small batches: a GAN needs many updates, and 30 epochs of 8,000 images at 128 are few.
-    defaults = {"latent_dim": 64, "width": 64, "learning_rate": 2e-4, "ema_decay": 0.995, "batch_size": 64}
+    defaults = {"latent_dim": 64, "width": 64, "learning_rate": 2e-4, "ema_decay": 0.995, "batch_size": 64, "epochs": 30}
 
     def build(self, schema: ImageSchema, config: dict[str, Any]) -> dict[str, nn.Module]:
         generator = self.sampler(schema, config)

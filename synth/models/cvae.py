@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from synth.models.base import ImageSchema
+from synth.models.base import ImageModel, ImageSchema
 
 
 class _CVAE(nn.Module):
@@ -57,10 +57,10 @@ class _CVAE(nn.Module):
         return self.decode(z, onehot), mu, logvar
 
 
-class ConditionalVAE:
+class ConditionalVAE(ImageModel):
     name = "cvae"
     trained = ("vae",)
-    defaults = {"latent_dim": 16, "width": 32, "hidden": 256, "learning_rate": 1e-3, "batch_size": 128}
+    defaults = {"latent_dim": 16, "width": 32, "hidden": 256, "learning_rate": 1e-3, "batch_size": 128, "epochs": 30}
 
     def build(self, schema: ImageSchema, config: dict[str, Any]) -> dict[str, nn.Module]:
         return {"vae": self.sampler(schema, config)}

@@ -1,0 +1,327 @@
+"""Run a table spec: collect → clean → label → split → train (tvae/ctgan) → sample → evaluate → publish.
+
+Cleaning happens per block in Ray Data: every modelled column is cast to the kind inferred
+from a bounded sample (or given in `source.columns`); values that do not fit (text in a
+number column, NaN/inf) reject the row with a reason, and exact duplicate rows are
+rejected like duplicate images. The curated splits then come to the driver, where the
+encoder is fitted and the metrics run on whole tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+import ray.data
+
+from pipeline import io, ops, plots, sources
+from pipeline.errors import SourceError, SpecError
+from pipeline.gates import failed_gates
+from pipeline.ops import registry
+from pipeline.ops.base import REJECT_REASON
+from pipeline.publish import write_json
+from pipeline.publish_table import render_table_card, table_schema, write_table_split
+from pipeline.spec import Spec
+from pipeline.split import assign_splits
+
+INFER_ROWS = 20_000
+"""Rows read to infer column kinds."""
+
+
+def _target_type(kind: str, sample: pa.ChunkedArray) -> pa.DataType:
+    if kind == "numeric":
+        return pa.int64() if pa.types.is_integer(sample.type) else pa.float64()
+    if kind == "boolean":
+        return pa.bool_()
+    if kind == "datetime":
+        return sample.type if pa.types.is_timestamp(sample.type) else pa.timestamp("s")
+    if kind == "id":
+        return pa.int64() if pa.types.is_integer(sample.type) else pa.string()
+    return pa.string()
+
+
+def _cast_value(value: Any, arrow_type: pa.DataType) -> tuple[Any, str]:
+    """One value in `arrow_type`, or a reject reason."""
+    if value is None or value == "":
+        return None, ""
+    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return None, f"clean: not a number ({value!r})"
+        if not math.isfinite(number):
+            return None, f"clean: non-finite number ({value!r})"
+        if pa.types.is_integer(arrow_type):
+            if number != int(number):
+                return None, f"clean: not an integer ({value!r})"
+            return int(number), ""
+        return number, ""
+    if pa.types.is_boolean(arrow_type):
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes"):
+            return True, ""
+        if text in ("false", "0", "no"):
+            return False, ""
+        return None, f"clean: not a boolean ({value!r})"
+    if pa.types.is_timestamp(arrow_type):
+        try:
+            return pc.cast(pa.array([str(value)]), arrow_type)[0].as_py(), ""
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None, f"clean: not a date/time ({value!r})"
+    return str(value), ""
+
+
+def _clean(table: pa.Table, types: dict[str, pa.DataType], hashed: list[str]) -> pa.Table:
+    """Cast every kept column to its type; a value that does not fit rejects its row."""
+    reasons = [""] * table.num_rows
+    columns = {}
+    for name, arrow_type in types.items():
+        if name not in table.column_names:
+            raise SourceError(f"{table['source_ref'][0].as_py().split('#')[0]}: no column '{name}'")
+        column = table[name]
+        try:  # fast path: Arrow casts the whole column (and checks numbers are finite)
+            cast = pc.cast(column, arrow_type)
+            if pa.types.is_floating(arrow_type) and not pc.all(pc.is_finite(pc.fill_null(cast, 0.0))).as_py():
+                raise pa.ArrowInvalid("non-finite")
+            columns[name] = cast
+            continue
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            pass
+        values = []
+        for i, raw in enumerate(column.to_pylist()):
+            value, reason = _cast_value(raw, arrow_type)
+            if reason and not reasons[i]:
+                reasons[i] = f"{reason[:-1]} in '{name}')" if reason.endswith(")") else reason
+            values.append(value)
+        columns[name] = pa.array(values, arrow_type)
+    cleaned = pa.table(columns)
+    digests = [hashlib.blake2b(repr(tuple(row.values())).encode(), digest_size=16).hexdigest()
+               for row in cleaned.select(hashed).to_pylist()]
+    return cleaned.append_column("source_ref", table["source_ref"]).append_column(
+        "content_hash", pa.array(digests, pa.string())).append_column(REJECT_REASON, pa.array(reasons, pa.string()))
+
+
+def _label(table: pa.Table, target: str, index: dict[str, int]) -> pa.Table:
+    reasons = table[REJECT_REASON].to_pylist()
+    ids = []
+    for i, value in enumerate(table[target].to_pylist()):
+        key = None if value is None or value == "" else str(value)
+        if not reasons[i] and key is None:
+            reasons[i] = "annotate: missing label"
+        elif not reasons[i] and key not in index:
+            reasons[i] = f"annotate: label not in class_names ({value!r})"
+        ids.append(index.get(key, 0) if key is not None else 0)
+    table = table.set_column(table.column_names.index(REJECT_REASON), REJECT_REASON, pa.array(reasons, pa.string()))
+    return table.append_column("label", pa.array(ids, pa.int64()))
+
+
+def infer_types(spec: Spec, dataset: ray.data.Dataset) -> tuple[dict[str, str], dict[str, pa.DataType]]:
+    from synth.tabular import infer_kinds
+
+    sample = dataset.limit(INFER_ROWS).to_arrow_refs()
+    tables = [t for t in ray.get(sample) if t.num_rows]
+    if not tables:
+        raise SourceError(f"{spec.source.path}: the source is empty")
+    table = pa.concat_tables(tables, promote_options="permissive").drop_columns(["source_ref"])
+    for name in spec.source.columns:
+        if name not in table.column_names:
+            raise SpecError(f"source.columns.{name}: no such column (columns: {', '.join(table.column_names)})")
+    target = spec.annotate.label_column
+    if target not in table.column_names:
+        raise SourceError(f"annotate.label_column: no column '{target}' in {spec.source.path} "
+                          f"(columns: {', '.join(table.column_names)})")
+    given = {k: v for k, v in spec.source.columns.items() if v != "ignore"}
+    kinds = infer_kinds(table.drop_columns([c for c, v in spec.source.columns.items() if v == "ignore"]),
+                        {**given, target: "categorical"})
+    return kinds, {name: _target_type(kind, table[name]) for name, kind in kinds.items()}
+
+
+def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_version: dict[str, Any],
+              timings: dict[str, float]):
+    from pipeline.run import RunReport, _put_plot, _reject_records, _timed, log, train_config
+
+    target_name = spec.annotate.label_column
+    with _timed(timings, "collect"):
+        collected = sources.read(spec.source)
+        kinds, types = infer_types(spec, collected.dataset)
+        log("collect", "columns: " + ", ".join(f"{n} ({k})" for n, k in kinds.items()))
+
+    with _timed(timings, "preprocess"):
+        hashed = [n for n, k in kinds.items() if k != "id"]
+        marked = collected.dataset.map_batches(_clean, fn_kwargs={"types": types, "hashed": hashed},
+                                               batch_format="pyarrow").materialize()
+        if spec.preprocess.dedup_rows:
+            marked = registry.build({"op": "dedup"}).mark(marked).materialize()
+
+    with _timed(timings, "annotate"):
+        values = sorted({str(v) for v in marked.unique(target_name) if v not in (None, "")})
+        class_names = list(spec.annotate.class_names or values)
+        if not class_names:
+            raise SourceError(f"annotate.label_column: column '{target_name}' holds no labels")
+        marked = marked.map_batches(_label, fn_kwargs={"target": target_name,
+                                                       "index": {n: i for i, n in enumerate(class_names)}},
+                                    batch_format="pyarrow").materialize()
+        log("annotate", f"target '{target_name}': {len(class_names)} classes: {', '.join(class_names[:20])}")
+
+    rows_in = marked.count()
+    rejects = ops.rejected_rows(marked).map_batches(_reject_records, batch_format="pyarrow").materialize()
+    rows_rejected = rejects.count()
+    rejected_by_reason = {r["reason_key"]: int(r["count()"]) for r in rejects.groupby("reason_key").count().iter_rows()}
+    if rows_rejected:
+        rejects.write_parquet(os.path.join(run_dir, "rejects"))
+    log("preprocess", f"rows in {rows_in}, rejected {rows_rejected} {rejected_by_reason or ''}")
+    if rows_in and rows_rejected / rows_in > spec.preprocess.max_reject_fraction:
+        from pipeline.errors import GateError
+
+        raise GateError(f"preprocess.max_reject_fraction: {rows_rejected}/{rows_in} rows rejected "
+                        f"({rows_rejected / rows_in:.1%} > {spec.preprocess.max_reject_fraction:.1%}); "
+                        f"see {run_dir}/rejects")
+
+    with _timed(timings, "split"):
+        curated = assign_splits(ops.kept_rows(marked), spec.seed, spec.split.test_fraction).materialize()
+        frames = {s: _collect(curated, s, list(types)) for s in ("train", "test")}
+        log("split", f"train {frames['train'].num_rows}, test {frames['test'].num_rows}")
+
+    metrics: dict[str, Any] = {}
+    lineage_checkpoint = trained = synthetic = None
+    if spec.synthesize.enabled:
+        from synth.models.table import TableSchema
+        from synth.sample import sample_table
+        from synth.tabular import TableEncoder
+        from synth.train import fit
+
+        syn = spec.synthesize
+        modelled = {n: k for n, k in kinds.items() if k != "id"}
+        with _timed(timings, "train"):
+            encoder = TableEncoder.fit(frames["train"].select(list(kinds)), kinds, spec.seed)
+            schema = TableSchema(encoder.to_json())
+            config, storage, run_name = train_config(spec, run_id, run_dir)
+            log("train", f"{syn.model} on {frames['train'].num_rows} rows × {encoder.width} features "
+                f"(condition vector {encoder.cond_width}), {syn.workers} worker(s), global batch "
+                f"{config.batch_size * syn.workers}, {config.epochs} epochs")
+            features = encoder.encode(frames["train"])
+            train_data = ray.data.from_numpy(features).rename_columns({"data": "features"})
+            trained = fit(train_data.random_shuffle(seed=spec.seed).materialize(), schema, config,
+                          workers=syn.workers, use_gpu=syn.use_gpu, storage_path=storage, run_name=run_name,
+                          max_failures=syn.max_failures, model_dir=os.path.join(run_dir, "model"),
+                          keep_checkpoints=syn.keep_checkpoints)
+            weights = io.resolve(os.path.join(trained.model_dir, "model.safetensors"))
+            weights_sha = io.sha256_file(weights)
+            generator_id = f"{syn.model}-{weights_sha[:12]}"
+            lineage_checkpoint = {"uri": weights.url, "sha256": weights_sha, "train_checkpoint": trained.checkpoint_path,
+                                  "generator_id": generator_id, "epochs": config.epochs, "steps": trained.steps,
+                                  "attempts": trained.attempts, "restarts": len(trained.attempts) - 1}
+        with _timed(timings, "sample"):
+            plan = condition_plan(spec, encoder, frames["train"], target_name)
+            synthetic = _concat(sample_table(trained.model_dir, plan, spec.seed, generator_id,
+                                             syn.sampler_actors).to_arrow_refs(), frames["train"].schema)
+            log("sample", f"{synthetic.num_rows} rows from {generator_id}: " +
+                ", ".join(f"{c}={v}: {n}" for c, v, n in plan))
+        if spec.evaluate.enabled:
+            from synth.metrics.tabular import evaluate_table
+
+            with _timed(timings, "evaluate"):
+                metrics = evaluate_table(frames["train"], frames["test"], synthetic, modelled, target_name, spec.seed)
+                log("evaluate", ", ".join(f"{key} {metrics[key]:.4g}" for key in (
+                    "quality_score", "detection_auc", "tstr_f1", "trtr_f1", "tstr_ratio", "exact_copies")))
+
+    failures = failed_gates(spec.evaluate.gates, metrics)
+    target = io.resolve(os.path.join(run_dir, "candidate") if failures else spec.publish_target(),
+                        {} if failures else spec.publish.storage_options)
+    with _timed(timings, "publish"):
+        staging = io.resolve(f"{target.url.rstrip('/')}.staging-{run_id}", spec.publish.storage_options)
+        if staging.fs.exists(staging.path):
+            staging.fs.rm(staging.path, recursive=True)
+        schema_arrow = table_schema(types, target_name, class_names)
+        published = {s: write_table_split(_published(frames[s], target_name, class_names, "real", None), staging.join("data"),
+                                          s, schema_arrow, spec.publish.rows_per_shard) for s in ("train", "test")}
+        synthetic_rows = 0
+        if synthetic is not None:
+            synthetic_rows = write_table_split(
+                _published(synthetic, target_name, class_names, "synthetic", lineage_checkpoint["generator_id"]),
+                staging.join("synthetic"), "train", schema_arrow, spec.publish.rows_per_shard)
+        rows_out = sum(published.values())
+    if rows_out + rows_rejected != rows_in:
+        raise RuntimeError(f"row accounting broken: {rows_in} in != {rows_out} out + {rows_rejected} rejected")
+    lineage = {
+        "run_id": run_id, "name": spec.name, "spec": spec.model_dump(mode="json"), "spec_hash": spec_hash,
+        "column_kinds": kinds, "code_version": code_version, "inputs": collected.fingerprints,
+        "seeds": {"spec": spec.seed, "split": spec.seed, "train": spec.seed, "sample": spec.seed, "evaluate": spec.seed},
+        "checkpoint": lineage_checkpoint, "timings_s": timings,
+        "rows": {"rows_in": rows_in, "rows_out": rows_out, "rows_rejected": rows_rejected,
+                 "rejected_by_reason": rejected_by_reason, "splits": published, "synthetic": synthetic_rows},
+        "class_names": class_names, "run_dir": run_dir,
+    }
+    if synthetic is not None:
+        _put_plot(staging, "columns.png", lambda path: plots.column_distributions(frames["train"], synthetic, kinds, path))
+        if trained.history:
+            _put_plot(staging, "losses.png", lambda path: plots.loss_curves(trained.history, path))
+    card = render_table_card(spec.name, schema_arrow, target_name, class_names, published, synthetic_rows,
+                             rejected_by_reason, {k: v for k, v in metrics.items() if not isinstance(v, dict)},
+                             {"spec_hash": spec_hash, "inputs": collected.fingerprints, "generator": lineage_checkpoint,
+                              "rows": lineage["rows"]})
+    with staging.fs.open(staging.join("README.md").path, "w") as handle:
+        handle.write(card)
+    write_json(staging.join("metrics.json"), metrics)
+    write_json(staging.join("lineage.json"), lineage)
+    io.commit(staging, target)
+    write_json(io.resolve(os.path.join(run_dir, "lineage.json")), lineage)
+    if failures:
+        from pipeline.errors import GateError
+
+        raise GateError(f"evaluate.gates failed: {'; '.join(failures)}; nothing published, candidate at {target.url}")
+    log("publish", f"{rows_out} real rows ({published}) + {synthetic_rows} synthetic → {target.url}")
+    return RunReport(target=target.url, run_dir=run_dir, metrics=metrics, lineage=lineage, timings=timings)
+
+
+def condition_plan(spec: Spec, encoder, train: pa.Table, target: str) -> list[tuple[str, Any, int]]:
+    """(column, value, rows) to generate: the spec's `conditions`, or the target's train shares
+    scaled to `synthesize.rows` (default: as many rows as the train split)."""
+    if spec.synthesize.conditions:
+        (column, counts), = spec.synthesize.conditions.items()
+        plan = [(column, encoder.category_key(column, value), int(n)) for value, n in counts.items()]
+    else:
+        total = spec.synthesize.rows or train.num_rows
+        values, counts = np.unique(np.array([str(v) for v in train[target].to_pylist()]), return_counts=True)
+        shares = counts / counts.sum() * total
+        rows = np.floor(shares).astype(int)
+        rows[np.argsort(-(shares - rows))[:total - rows.sum()]] += 1  # largest remainders: exact total
+        plan = [(target, encoder.category_key(target, v), int(n)) for v, n in zip(values, rows) if n]
+    for column, value, _ in plan:
+        try:
+            encoder.condition_vector(column, value)
+        except ValueError as error:
+            raise SpecError(str(error)) from None
+    return plan
+
+
+def _collect(curated: ray.data.Dataset, split: str, columns: list[str]) -> pa.Table:
+    from pipeline.run import _rows_of_split
+
+    part = curated.map_batches(_rows_of_split, fn_kwargs={"split": split}, batch_format="pyarrow")
+    return _concat(part.select_columns(columns + ["source_ref"]).to_arrow_refs(), None)
+
+
+def _concat(refs: list, schema: pa.Schema | None) -> pa.Table:
+    tables = [t for t in ray.get(refs) if t.num_rows]
+    if not tables:
+        return schema.empty_table() if schema is not None else pa.table({})
+    return pa.concat_tables(tables)
+
+
+def _published(table: pa.Table, target: str, class_names: list[str], origin: str, generator: str | None) -> pa.Table:
+    index = {n: i for i, n in enumerate(class_names)}
+    ids = pa.array([index[str(v)] for v in table[target].to_pylist()], pa.int64())
+    table = table.set_column(table.column_names.index(target), target, ids)
+    n = table.num_rows
+    refs = table["source_ref"] if "source_ref" in table.column_names else pa.nulls(n, pa.string())
+    table = table.drop_columns([c for c in ("source_ref",) if c in table.column_names])
+    return table.append_column("origin", pa.array([origin] * n, pa.string())).append_column(
+        "generator", pa.array([generator] * n, pa.string())).append_column("source_ref", refs)
+
