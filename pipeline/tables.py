@@ -199,7 +199,7 @@ def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_versio
         syn = spec.synthesize
         modelled = {n: k for n, k in kinds.items() if k != "id"}
         with _timed(timings, "train"):
-            encoder = TableEncoder.fit(frames["train"].select(list(kinds)), kinds, spec.seed)
+            encoder = TableEncoder.fit(frames["train"].select(list(kinds)), kinds, spec.seed, primary=target_name)
             schema = TableSchema(encoder.to_json())
             config, storage, run_name = train_config(spec, run_id, run_dir)
             log("train", f"{syn.model} on {frames['train'].num_rows} rows × {encoder.width} features "

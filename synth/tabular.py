@@ -163,12 +163,14 @@ def _as_float(column: pa.ChunkedArray | pa.Array, kind: str) -> np.ndarray:
 
 
 class TableEncoder:
-    def __init__(self, columns: list[Column], max_one_hot: int):
-        self.columns, self.max_one_hot = columns, max_one_hot
+    def __init__(self, columns: list[Column], max_one_hot: int, primary: str | None = None):
+        self.columns, self.max_one_hot, self.primary = columns, max_one_hot, primary
+        """`primary`: the target column; generators condition on it half the time in training."""
         self.spans, self.discrete = self._layout()
 
     @classmethod
-    def fit(cls, table: pa.Table, kinds: dict[str, str], seed: int, max_one_hot: int = 50) -> TableEncoder:
+    def fit(cls, table: pa.Table, kinds: dict[str, str], seed: int, max_one_hot: int = 50,
+            primary: str | None = None) -> TableEncoder:
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.mixture import BayesianGaussianMixture
 
@@ -203,7 +205,7 @@ class TableEncoder:
                 info.counts = [count for _, count in ordered]
                 info.binary = len(info.categories) > max_one_hot
             columns.append(info)
-        return cls(columns, max_one_hot)
+        return cls(columns, max_one_hot, primary)
 
     def _layout(self) -> tuple[list[Span], list[Discrete]]:
         spans, discrete, start, cond = [], [], 0, 0
@@ -343,12 +345,13 @@ class TableEncoder:
         return next(c for c in self.columns if c.name == name)
 
     def to_json(self) -> str:
-        return json.dumps({"max_one_hot": self.max_one_hot, "columns": [asdict(c) for c in self.columns]}, default=_plain)
+        return json.dumps({"max_one_hot": self.max_one_hot, "primary": self.primary,
+                           "columns": [asdict(c) for c in self.columns]}, default=_plain)
 
     @classmethod
     def from_json(cls, text: str) -> TableEncoder:
         data = json.loads(text)
-        return cls([Column(**c) for c in data["columns"]], data["max_one_hot"])
+        return cls([Column(**c) for c in data["columns"]], data["max_one_hot"], data.get("primary"))
 
 
 def _plain(value: Any) -> Any:

@@ -110,6 +110,10 @@ def _record_attempt(uri: str, start_epoch: int, world: int) -> None:
         json.dump({"start_epoch": start_epoch, "workers": world, "time": stamp}, handle)
 
 
+def _history_uri(cfg: TrainConfig) -> str:
+    return f"{cfg.attempts_uri.rsplit('/', 1)[0]}/datakiln-history"
+
+
 def read_attempts(uri: str) -> list[dict[str, Any]]:
     import fsspec
 
@@ -123,10 +127,33 @@ def read_attempts(uri: str) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: r["time"])
 
 
+def _record_epoch(uri: str, metrics: dict[str, float]) -> None:
+    """Rank 0 keeps each epoch's metrics beside the checkpoints (Ray Train only sees the
+    epochs that end with a report), so the loss history survives resumes."""
+    import fsspec
+
+    with fsspec.open(f"{uri.rstrip('/')}/epoch-{int(metrics['epoch']):06d}.json", "w", auto_mkdir=True) as handle:
+        json.dump(metrics, handle)
+
+
+def read_history(uri: str) -> list[dict[str, float]]:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    if not fs.exists(path):
+        return []
+    records = []
+    for name in sorted(fs.glob(f"{path.rstrip('/')}/epoch-*.json")):
+        with fs.open(name, "r") as handle:
+            records.append(json.load(handle))
+    return records
+
+
 def _report(networks: dict[str, Any], optimizers: dict[str, Any], epoch: int, step: int,
-            metrics: dict[str, float], checkpoint: bool) -> None:
-    """Every rank reports every epoch (a barrier); rank 0 attaches the checkpoint when due."""
-    if ray.train.get_context().get_world_rank() != 0 or not checkpoint:
+            metrics: dict[str, float]) -> None:
+    """Every rank reports at each checkpoint epoch (a barrier); rank 0 attaches the checkpoint.
+    Reporting only then keeps a per-epoch barrier off short epochs (small tables)."""
+    if ray.train.get_context().get_world_rank() != 0:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as folder:
@@ -213,8 +240,9 @@ def train_loop(config: dict[str, Any]) -> None:
             if model.modality == "image":
                 _save_sample_grid(model, networks, schema, cfg.model_config,
                                   f"{cfg.attempts_uri.rsplit('/', 1)[0]}/samples/epoch-{epoch + 1:03d}.png")
-        due = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
-        _report(networks, optimizers, epoch, step, metrics, checkpoint=due)
+            _record_epoch(_history_uri(cfg), metrics)
+        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+            _report(networks, optimizers, epoch, step, metrics)
 
 
 @dataclass
@@ -251,8 +279,7 @@ def fit(train: ray.data.Dataset, schema: Any, cfg: TrainConfig, *, workers: int,
     sampler = model.sampler(schema, cfg.model_config)
     sampler.load_state_dict(state["networks"][model.sampler_name()])
     save_generator(model_dir, cfg.model, sampler, schema, cfg.model_config)
-    frame = result.metrics_dataframe
-    history = frame.to_dict("records") if frame is not None else [result.metrics]
+    history = read_history(_history_uri(cfg))
     with open(os.path.join(model_dir, "history.json"), "w") as handle:
         json.dump(history, handle, indent=1, default=float)
     return TrainResult(model_dir=model_dir, checkpoint_path=result.checkpoint.path, history=history,

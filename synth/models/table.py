@@ -76,24 +76,29 @@ def condition_batch(features: torch.Tensor, encoder: TableEncoder, log_frequency
     p_c ∝ log(1 + count): as if a column were picked uniformly, then a value by its
     log-frequency, then a real row holding it, so rare categories are seen often; the
     batch is resampled accordingly. Otherwise every row keeps its place and conditions on
-    a uniformly chosen column.
+    a uniformly chosen column. The encoder's `primary` column (the target) takes half of
+    all conditions either way, since sampling conditions on it by default.
     """
     n, device = features.shape[0], features.device
     discrete = encoder.discrete
     if not discrete:
         return torch.arange(n, device=device), features.new_zeros((n, 0)), torch.zeros(n, dtype=torch.long, device=device)
     categories = torch.stack([features[:, d.start:d.start + d.size].argmax(1) for d in discrete], 1)
+    names = [d.name for d in discrete]
+    column_weight = torch.ones(len(discrete), device=device)
+    if encoder.primary in names and len(discrete) > 1:
+        column_weight[names.index(encoder.primary)] = len(discrete) - 1
     if log_frequency:
         weights = []
         for j, item in enumerate(discrete):
             counts = torch.tensor(item.counts, dtype=torch.float32, device=device)
             share = torch.log1p(counts) / torch.log1p(counts).sum()
-            weights.append(share[categories[:, j]] / counts[categories[:, j]])
+            weights.append(share[categories[:, j]] / counts[categories[:, j]] * column_weight[j])
         picks = torch.multinomial(torch.stack(weights, 1).flatten(), n, replacement=True, generator=generator)
         rows, columns = picks // len(discrete), picks % len(discrete)
     else:
         rows = torch.arange(n, device=device)
-        columns = torch.randint(0, len(discrete), (n,), device=device, generator=generator)
+        columns = torch.multinomial(column_weight, n, replacement=True, generator=generator)
     starts = torch.tensor([d.cond_start for d in discrete], device=device)
     cond = features.new_zeros((n, encoder.cond_width))
     cond[torch.arange(n, device=device), starts[columns] + categories[rows, columns]] = 1.0

@@ -1,0 +1,139 @@
+"""Tabular generators: datakiln's `tvae`/`ctgan` (Ray Train loop, 1 worker) against the
+`ctgan` PyPI package's TVAE/CTGAN with the same epochs and batch size on the same split of
+bank.csv, in one run: training rows/s (setup excluded) and `quality_score` from the same
+metric code. Last line: one JSON object.
+
+The `ctgan` package (BUSL) is never a datakiln dependency; install it beside datakiln only
+to run this comparison, in its own virtual environment:
+
+    python -m venv --system-site-packages /tmp/venv-ctgan
+    /tmp/venv-ctgan/bin/pip install -c constraints.txt ctgan
+    /tmp/venv-ctgan/bin/python benchmarks/tabular.py [--epochs 50] [--batch-size 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+BANK = os.path.join(ROOT, "..", "shared", "data", "bank", "bank.csv")
+TARGET = "deposit"
+
+
+def split(seed: int = 0):
+    import pyarrow.csv
+
+    table = pyarrow.csv.read_csv(BANK)
+    order = np.random.default_rng(seed).permutation(table.num_rows)
+    cut = int(0.8 * table.num_rows)
+    return table.take(order[:cut]), table.take(order[cut:])
+
+
+def plan_for(train, encoder) -> list[tuple[str, object, int]]:
+    values, counts = np.unique(np.array(train[TARGET].to_pylist()), return_counts=True)
+    return [(TARGET, encoder.category_key(TARGET, v), int(n)) for v, n in zip(values, counts)]
+
+
+def datakiln_run(name: str, train, epochs: int, batch_size: int) -> tuple[float, object]:
+    """Median training rows/s per epoch through the Ray Train loop, and the sampled table."""
+    import ray
+    import ray.data
+
+    from cluster.runtime import configure_data_context, connect
+    from synth.models import get_model
+    from synth.models.base import with_defaults
+    from synth.models.table import TableSchema
+    from synth.sample import sample_table
+    from synth.tabular import TableEncoder, infer_kinds
+    from synth.train import TrainConfig, fit
+
+    connect()
+    configure_data_context()
+    kinds = infer_kinds(train)
+    encoder = TableEncoder.fit(train, kinds, seed=0, primary=TARGET)
+    data = ray.data.from_numpy(encoder.encode(train)).rename_columns({"data": "features"}).materialize()
+    with tempfile.TemporaryDirectory() as folder:
+        config = TrainConfig(model=name, model_config={k: v for k, v in with_defaults(get_model(name), {}).items()
+                                                       if k not in ("batch_size", "epochs")},
+                             epochs=epochs, batch_size=batch_size, seed=0,
+                             attempts_uri=os.path.join(folder, "train", name, "datakiln-attempts"),
+                             checkpoint_every=max(1, epochs // 10))
+        result = fit(data, TableSchema(encoder.to_json()), config, workers=1, use_gpu=False,
+                     storage_path=os.path.join(folder, "train"), run_name=name, max_failures=0,
+                     model_dir=os.path.join(folder, "model"))
+        rates = [row["rows_per_s"] for row in result.history]
+        synthetic = ray.data.from_arrow_refs(sample_table(result.model_dir, plan_for(train, encoder), 0, name, 2)
+                                             .to_arrow_refs()).to_arrow().drop_columns(["source_ref"])
+    return float(np.median(rates[1:])), synthetic
+
+
+def pypi_run(name: str, train, epochs: int, batch_size: int) -> tuple[float, object]:
+    """Training rows/s of the ctgan package's model (its data transformer fitted outside the
+    timing), and its sample with the same target counts."""
+    import pyarrow as pa
+    from ctgan import CTGAN, TVAE
+    from ctgan.data_transformer import DataTransformer
+
+    frame = train.to_pandas()
+    discrete = [c for c in frame.columns if frame[c].dtype == object]
+    began = time.perf_counter()
+    transformer = DataTransformer()
+    transformer.fit(frame, discrete)
+    transformer.transform(frame)
+    setup = time.perf_counter() - began
+    model = (CTGAN if name == "ctgan" else TVAE)(epochs=epochs, batch_size=batch_size)
+    began = time.perf_counter()
+    model.fit(frame, discrete)
+    seconds = time.perf_counter() - began - setup
+    parts = []
+    values, counts = np.unique(frame[TARGET].to_numpy(), return_counts=True)
+    for value, count in zip(values, counts):
+        if name == "ctgan":
+            parts.append(model.sample(int(count), condition_column=TARGET, condition_value=value))
+        else:  # the package's TVAE cannot condition: its unconditional sample, same size
+            parts.append(model.sample(int(count)))
+    synthetic = pa.Table.from_pandas(__import__("pandas").concat(parts, ignore_index=True), preserve_index=False)
+    return epochs * len(frame) / seconds, synthetic.cast(train.schema)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--models", default="tvae,ctgan")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    from synth.metrics.tabular import evaluate_table
+    from synth.tabular import infer_kinds
+
+    train, test = split()
+    kinds = infer_kinds(train)
+    results = {"rows": train.num_rows, "epochs": args.epochs, "batch_size": args.batch_size}
+    for name in args.models.split(","):
+        ours_rate, ours = datakiln_run(name, train, args.epochs, args.batch_size)
+        theirs_rate, theirs = pypi_run(name, train, args.epochs, args.batch_size)
+        ours_metrics = evaluate_table(train, test, ours, kinds, TARGET, 0)
+        theirs_metrics = evaluate_table(train, test, theirs, kinds, TARGET, 0)
+        print(f"{name}: datakiln {ours_rate:.0f} rows/s, quality {ours_metrics['quality_score']:.4f}, "
+              f"tstr_f1 {ours_metrics['tstr_f1']:.4f} | ctgan package {theirs_rate:.0f} rows/s, quality "
+              f"{theirs_metrics['quality_score']:.4f}, tstr_f1 {theirs_metrics['tstr_f1']:.4f}", flush=True)
+        results[name] = {"datakiln_rows_per_s": round(ours_rate, 1), "package_rows_per_s": round(theirs_rate, 1),
+                         "speed_ratio": round(ours_rate / theirs_rate, 2), "target_speed_ratio": 3.0,
+                         "datakiln_quality": round(ours_metrics["quality_score"], 4),
+                         "package_quality": round(theirs_metrics["quality_score"], 4),
+                         "datakiln_tstr_f1": round(ours_metrics["tstr_f1"], 4),
+                         "package_tstr_f1": round(theirs_metrics["tstr_f1"], 4)}
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
