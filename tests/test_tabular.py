@@ -99,3 +99,23 @@ def test_table_run_cleans_labels_and_samples_exact_counts(tmp_path, capsys):
     assert labels.count(1) == 37 and labels.count(0) == 5 and set(synthetic["origin"]) == {"synthetic"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["quality_score"] <= 1 and metrics["exact_copies"] >= 0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["synthesize.model=cgan"], "synthesize.model: 'cgan' does not generate tables"),
+    (["preprocess.ops=[{op: decode}]"], "preprocess.ops: image operators do not apply to a table source"),
+    (["synthesize.conditions={a: {x: 1}, b: {y: 2}}"], "synthesize.conditions: give counts for one column"),
+])
+def test_table_spec_errors(capsys, overrides, message):
+    argv = ["validate", "examples/bank.yaml"]
+    for override in overrides:
+        argv += ["--set", override]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_table_spec_defaults():
+    from pipeline.spec import load_spec
+
+    spec = load_spec("examples/bank.yaml", ["synthesize.model=null"])
+    assert (spec.source.kind, spec.synthesize.model, spec.preprocess.ops) == ("table", "tvae", [])
