@@ -45,6 +45,7 @@ def plan_for(train, encoder) -> list[tuple[str, object, int]]:
 
 def datakiln_run(name: str, train, epochs: int, batch_size: int) -> tuple[float, object]:
     """Median training rows/s per epoch through the Ray Train loop, and the sampled table."""
+    import pyarrow as pa
     import ray
     import ray.data
 
@@ -71,8 +72,8 @@ def datakiln_run(name: str, train, epochs: int, batch_size: int) -> tuple[float,
                      storage_path=os.path.join(folder, "train"), run_name=name, max_failures=0,
                      model_dir=os.path.join(folder, "model"))
         rates = [row["rows_per_s"] for row in result.history]
-        synthetic = ray.data.from_arrow_refs(sample_table(result.model_dir, plan_for(train, encoder), 0, name, 2)
-                                             .to_arrow_refs()).to_arrow().drop_columns(["source_ref"])
+        refs = sample_table(result.model_dir, plan_for(train, encoder), 0, name, 2).to_arrow_refs()
+        synthetic = pa.concat_tables(ray.get(refs)).drop_columns(["source_ref"])
     return float(np.median(rates[1:])), synthetic
 
 
@@ -83,8 +84,14 @@ def pypi_run(name: str, train, epochs: int, batch_size: int) -> tuple[float, obj
     from ctgan import CTGAN, TVAE
     from ctgan.data_transformer import DataTransformer
 
+    import pandas as pd
+
     frame = train.to_pandas()
-    discrete = [c for c in frame.columns if frame[c].dtype == object]
+    discrete = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    frame[discrete] = frame[discrete].astype(object)
+    # The package's null handling fails to decode under pandas 3: give it null-free numbers.
+    numeric = [c for c in frame.columns if c not in discrete]
+    frame[numeric] = frame[numeric].fillna(frame[numeric].median())
     began = time.perf_counter()
     transformer = DataTransformer()
     transformer.fit(frame, discrete)
@@ -101,7 +108,7 @@ def pypi_run(name: str, train, epochs: int, batch_size: int) -> tuple[float, obj
             parts.append(model.sample(int(count), condition_column=TARGET, condition_value=value))
         else:  # the package's TVAE cannot condition: its unconditional sample, same size
             parts.append(model.sample(int(count)))
-    synthetic = pa.Table.from_pandas(__import__("pandas").concat(parts, ignore_index=True), preserve_index=False)
+    synthetic = pa.Table.from_pandas(pd.concat(parts, ignore_index=True), preserve_index=False)
     return epochs * len(frame) / seconds, synthetic.cast(train.schema)
 
 
