@@ -10,13 +10,19 @@ import operator
 import re
 from typing import Any
 
-GATE_METRICS = (
+IMAGE_METRICS = (
     "fid_domain", "fid_domain_floor", "fid_domain_ratio", "kid_domain", "kid_domain_floor", "is_domain",
     "precision", "recall", "density", "coverage", "tstr_accuracy", "trtr_accuracy", "tstr_ratio", "tstr_macro_f1",
-    "augment_gain", "nn_copy_fraction", "dcr_ratio", "fid_inception",
-    "quality_score", "column_shapes", "column_pair_trends", "detection_auc", "tstr_f1", "trtr_f1", "tstr_f1_ratio",
-    "dcr_median_synthetic", "dcr_median_holdout", "exact_copies",
+    "augment_gain", "nn_copy_fraction", "dcr_ratio",
 )
+"""Always in an image run's `metrics.json` (plus `fid_inception` with `evaluate.inception_weights`)."""
+TABLE_METRICS = (
+    "quality_score", "column_shapes", "column_pair_trends", "detection_auc", "tstr_accuracy", "trtr_accuracy",
+    "tstr_f1", "trtr_f1", "tstr_ratio", "tstr_f1_ratio", "dcr_median_synthetic", "dcr_median_holdout", "dcr_ratio",
+    "exact_copies",
+)
+"""Always in a table run's `metrics.json`."""
+GATE_METRICS = tuple(dict.fromkeys(IMAGE_METRICS + ("fid_inception",) + TABLE_METRICS))
 _OPERATORS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt,
               "<": operator.lt}
 _CONDITION = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")

@@ -9,7 +9,7 @@ import pytest
 from pipeline import build_spec, load_spec, run
 from pipeline.cli import main
 from pipeline.errors import GateError
-from pipeline.gates import GATE_METRICS
+from pipeline.gates import IMAGE_METRICS
 from tests.conftest import MNIST_IMAGES, MNIST_LABELS, ROOT, blob_images, load_published, png_bytes
 
 pytestmark = pytest.mark.integration
@@ -44,7 +44,7 @@ def test_mnist_subset_end_to_end(tmp_path):
     assert len(lineage["checkpoint"]["sha256"]) == 64 and lineage["inputs"][0]["method"] == "content"
     assert {"collect", "preprocess", "train", "sample", "evaluate", "publish"} <= set(lineage["timings_s"])
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(GATE_METRICS) <= set(metrics) and len(metrics["tstr_per_class_recall"]) == 10
+    assert set(IMAGE_METRICS) <= set(metrics) and len(metrics["tstr_per_class_recall"]) == 10
     assert metrics["trtr_accuracy"] > 0.5  # one epoch of the fixed CNN on 1,200 real digits
     assert metrics["fid_domain"] > metrics["fid_domain_floor"]  # 2 epochs of cVAE are far from real
     assert metrics["nn_copy_fraction"] == 0.0 and len(lineage["checkpoint"]["feature_extractor_sha256"]) == 64
@@ -57,12 +57,12 @@ def test_mnist_subset_end_to_end(tmp_path):
 def test_a_failing_gate_publishes_nothing(tmp_path):
     spec = load_spec(str(ROOT / "examples" / "demo.yaml"), [
         "source.limit=400", "synthesize.epochs=1", "synthesize.samples_per_class=8", "evaluate.classifier_epochs=1",
-        "evaluate.gates={tstr_ratio: '>= 0.99', nn_copy_fraction: '== 0'}", f"publish.to={tmp_path / 'out'}",
+        "evaluate.gates={precision: '>= 1.01', nn_copy_fraction: '== 0'}", f"publish.to={tmp_path / 'out'}",
         f"run_root={tmp_path / 'runs'}"])
     with pytest.raises(GateError) as failure:
         run(spec)
     message = str(failure.value)
-    assert message.startswith("evaluate.gates failed: tstr_ratio = ") and "(needs >= 0.99)" in message
+    assert message.startswith("evaluate.gates failed: precision = ") and "(needs >= 1.01)" in message
     assert "nn_copy_fraction" not in message  # that gate passed
     assert not (tmp_path / "out").exists()
     candidate = next((tmp_path / "runs").glob("*/*/candidate"))
@@ -77,7 +77,7 @@ def test_evaluate_command_compares_published_datasets(tmp_path, capsys):
     assert not (tmp_path / "out" / "metrics.json").read_text().strip("{}\n ")  # nothing evaluated in the run
     assert main(["evaluate", "--real", str(tmp_path / "out"), "--out", str(tmp_path / "report"), "--epochs", "1"]) == 0
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
-    assert set(GATE_METRICS) <= set(metrics) and (tmp_path / "report" / "utility.png").exists()
+    assert set(IMAGE_METRICS) <= set(metrics) and (tmp_path / "report" / "utility.png").exists()
     assert "tstr_accuracy: " in capsys.readouterr().out
 
 
