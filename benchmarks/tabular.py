@@ -108,8 +108,12 @@ def pypi_run(name: str, train, epochs: int, batch_size: int) -> tuple[float, obj
             parts.append(model.sample(int(count), condition_column=TARGET, condition_value=value))
         else:  # the package's TVAE cannot condition: its unconditional sample, same size
             parts.append(model.sample(int(count)))
-    synthetic = pa.Table.from_pandas(pd.concat(parts, ignore_index=True), preserve_index=False)
-    return epochs * len(frame) / seconds, synthetic.cast(train.schema)
+    sampled = pd.concat(parts, ignore_index=True)
+    for field in train.schema:  # the package returns floats for integer columns
+        if pa.types.is_integer(field.type):
+            sampled[field.name] = sampled[field.name].round()
+    synthetic = pa.Table.from_pandas(sampled, preserve_index=False)
+    return epochs * len(frame) / seconds, synthetic.cast(train.schema, safe=False)
 
 
 def main() -> None:
