@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                      help="override a spec key (typed as YAML), e.g. --set synthesize.epochs=5")
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or an embedded local Ray)")
+    run.add_argument("--fresh", action="store_true",
+                     help="recompute collect + preprocess even when an earlier run left a complete stage")
 
     validate = commands.add_parser("validate", help="check a spec without running anything")
     validate.add_argument("spec")
@@ -82,8 +84,12 @@ def _print_result(report) -> None:
     for key in ("tstr_accuracy", "trtr_accuracy", "tstr_ratio"):
         if key in report.metrics:
             print(f"  {key}: {report.metrics[key]:.4f}")
-    location = report.target if "://" in report.target else os.path.abspath(report.target)
     print("Read it with:")
+    if "://" in report.target and not report.target.startswith("file://"):
+        files = {s: f"{report.target}/data/{s}-*.parquet" for s in report.lineage["rows"]["splits"]}
+        print(f"  datasets.load_dataset('parquet', data_files={files}, storage_options=...)")
+        return
+    location = os.path.abspath(report.target)
     print(f"  python -c \"import datasets; print(datasets.load_dataset('{location}'))\"")
     if report.lineage["rows"]["synthetic"]:
         print(f"  python -c \"import datasets; print(datasets.load_dataset('{location}', 'synthetic'))\"")
@@ -139,11 +145,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "demo":
         spec = load_spec(_demo_spec_path(), [f"publish.to={args.out}", *args.overrides])
-        address = None
+        address, fresh = None, False
     else:
         spec = load_spec(args.spec, args.overrides)
-        address = args.address
-    _print_result(run(spec, address=address))
+        address, fresh = args.address, args.fresh
+    _print_result(run(spec, address=address, fresh=fresh))
     return 0
 
 
@@ -189,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         user_error = find_user_error(exc)
         if user_error is None:
             raise
-        print(f"datakiln: error: {user_error}", file=sys.stderr)
+        # Ray may append retry advice to the message; the user's error is its first line.
+        print(f"datakiln: error: {str(user_error).splitlines()[0]}", file=sys.stderr)
         return EXIT_USER_ERROR
 
 

@@ -27,6 +27,7 @@ def find_user_error(exc: BaseException) -> DatakilnError | None:
             continue
         seen.add(id(err))
         if isinstance(err, DatakilnError):
-            return err
+            cause = getattr(err, "cause", None)  # Ray's RayTaskError(SourceError) prints a traceback
+            return cause if isinstance(cause, DatakilnError) else err
         stack.extend([getattr(err, "cause", None), err.__cause__, err.__context__])
     return None

@@ -47,36 +47,35 @@ def require_exists(url: str, what: str, storage_options: dict[str, Any] | None =
     return loc
 
 
-def list_files(loc: Location, suffixes: tuple[str, ...] | None = None) -> list[str]:
-    """Every file under a folder, matching a glob, or the file itself; sorted for determinism."""
+def list_files(loc: Location, suffixes: tuple[str, ...] | None = None) -> dict[str, dict[str, Any]]:
+    """Every file under a folder, matching a glob, or the file itself, with its info (size,
+    mtime/ETag) from the same listing call; sorted by path for determinism."""
     if any(ch in loc.path for ch in "*?["):
-        paths = loc.fs.glob(loc.path)
-        paths = [p for p in paths if loc.fs.isfile(p)]
+        infos = {p: i for p, i in loc.fs.glob(loc.path, detail=True).items() if i.get("type") == "file"}
     elif loc.fs.isdir(loc.path):
-        paths = loc.fs.find(loc.path)
+        infos = loc.fs.find(loc.path, detail=True)
     else:
-        paths = [loc.path]
+        infos = {loc.path: loc.fs.info(loc.path)}
     if suffixes:
-        paths = [p for p in paths if p.lower().endswith(suffixes)]
-    return sorted(paths)
+        infos = {p: i for p, i in infos.items() if p.lower().endswith(suffixes)}
+    return dict(sorted(infos.items()))
 
 
-def fingerprint(loc: Location, paths: list[str]) -> dict[str, Any]:
+def fingerprint(loc: Location, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Identify the input: sha256 of content for small single files, of (path, size, mtime/etag) otherwise."""
     digest = hashlib.sha256()
     total = 0
-    if len(paths) == 1 and loc.fs.size(paths[0]) <= _FULL_HASH_LIMIT:
-        with loc.fs.open(paths[0], "rb") as handle:
+    if len(files) == 1 and (next(iter(files.values())).get("size") or 0) <= _FULL_HASH_LIMIT:
+        with loc.fs.open(next(iter(files)), "rb") as handle:
             for chunk in iter(lambda: handle.read(2**20), b""):
                 digest.update(chunk)
                 total += len(chunk)
         return {"url": loc.url, "files": 1, "bytes": total, "sha256": digest.hexdigest(), "method": "content"}
-    for path in paths:
-        info = loc.fs.info(path)
+    for path, info in files.items():
         stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
         digest.update(f"{path}\0{info.get('size')}\0{stamp}\n".encode())
         total += info.get("size") or 0
-    return {"url": loc.url, "files": len(paths), "bytes": total, "sha256": digest.hexdigest(), "method": "listing"}
+    return {"url": loc.url, "files": len(files), "bytes": total, "sha256": digest.hexdigest(), "method": "listing"}
 
 
 def sha256_file(loc: Location) -> str:
@@ -100,4 +99,9 @@ def commit(staging: Location, target: Location) -> None:
     parent = posixpath.dirname(target.path.rstrip("/"))
     if parent:
         fs.makedirs(parent, exist_ok=True)
-    fs.mv(staging.path, target.path, recursive=True)
+    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        fs.mv(staging.path, target.path, recursive=True)
+        return
+    files = fs.find(staging.path)  # object stores: copy file by file (no directory keys), then drop staging
+    fs.copy(files, [posixpath.join(target.path, posixpath.relpath(f, staging.path)) for f in files])
+    fs.rm(staging.path, recursive=True)

@@ -1,4 +1,4 @@
-"""Pictures a person would rather look at than read: the real-vs-synthetic sample grid."""
+"""Pictures a person would rather look at than read: sample grids, metric charts, duplicate pairs."""
 
 from __future__ import annotations
 
@@ -130,3 +130,24 @@ def column_distributions(real, synthetic, kinds: dict[str, str], path: str, max_
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def duplicate_pairs(kept: np.ndarray, dropped: np.ndarray, distances: list[int], path: str) -> None:
+    """One column per pair: the kept image above the dropped one, titled with their distance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = len(distances)
+    figure, axes = plt.subplots(2, cols, figsize=(cols * 0.9, 2.2), squeeze=False)
+    for j, distance in enumerate(distances):
+        for i, image in enumerate((kept[j], dropped[j])):
+            grey = image.shape[2] == 1
+            axes[i, j].imshow(image[:, :, 0] if grey else image, cmap="gray" if grey else None, vmin=0, vmax=255)
+            axes[i, j].axis("off")
+        axes[0, j].set_title(f"d={distance}", fontsize=8)
+    axes[0, 0].text(-0.2, 0.5, "kept", transform=axes[0, 0].transAxes, ha="right", va="center", fontsize=8)
+    axes[1, 0].text(-0.2, 0.5, "dropped", transform=axes[1, 0].transAxes, ha="right", va="center", fontsize=8)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)

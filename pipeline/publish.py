@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,20 +85,18 @@ def _write_shard(batch: dict[str, np.ndarray], folder: dkio.Location, split: str
 
 def write_split(dataset: ray.data.Dataset, folder: dkio.Location, split: str, schema: pa.Schema,
                 rows_per_shard: int) -> int:
-    """Write one split as ordered shards `{split}-NNNNN-of-NNNNN.parquet`; return its row count.
+    """Write one split as ordered shards `{split}-NNNNN-of-NNNNN.parquet` of `rows_per_shard`
+    rows (the last may hold fewer); return its row count.
 
     Needs an order-preserving execution (`cluster.runtime.configure_data_context` sets it): rows
-    keep the source order, so the same input gives byte-identical shards.
+    keep the source order, so the same input gives byte-identical shards. One streaming pass:
+    consecutive blocks are cut and joined into shards without a shuffle.
     """
-    rows = dataset.count()
-    if rows == 0:
-        return 0
     folder.fs.makedirs(folder.path, exist_ok=True)
-    shards = max(1, math.ceil(rows / rows_per_shard))
-    written = dataset.repartition(shards).map_batches(
+    written = dataset.repartition(target_num_rows_per_block=rows_per_shard, strict=True).map_batches(
         _write_shard, fn_kwargs={"folder": folder, "split": split, "schema": schema}, batch_size=None,
         batch_format="numpy")
-    parts = written.take_all()  # one small row per shard, in dataset order
+    parts = [p for p in written.take_all() if int(p["rows"])]  # one small row per shard, in dataset order
     for index, part in enumerate(parts):
         folder.fs.mv(part["file"], folder.join(f"{split}-{index:05d}-of-{len(parts):05d}.parquet").path)
     return sum(int(p["rows"]) for p in parts)
@@ -114,6 +111,7 @@ class Card:
     split_rows: dict[str, int]
     synthetic_rows: int
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    near_duplicate_pairs: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
     lineage_summary: dict[str, Any] = field(default_factory=dict)
 
@@ -143,6 +141,10 @@ def render_card(card: Card) -> str:
     if card.rejected_by_reason:
         lines += ["## Rejected records", "", "| reason | rows |", "| --- | --- |",
                   *(f"| {r} | {n} |" for r, n in sorted(card.rejected_by_reason.items())), ""]
+    if card.near_duplicate_pairs:
+        lines += ["Near duplicates dropped (kept image left, dropped image right; Hamming distance of the",
+                  "perceptual hashes above each pair); the full list is in `lineage.json` and the run's rejects:",
+                  "", "![near duplicates](near_duplicates.png)", ""]
     if card.metrics:
         lines += ["## Quality of the synthetic data", "", *READING_GUIDE, "",
                   "| metric | synthetic | floor (real train vs real test) |", "| --- | --- | --- |",

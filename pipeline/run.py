@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -19,16 +20,18 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray.data
 
 from pipeline import io, ops, plots, publish, sources
-from pipeline.annotate import apply_labels, discover_labels
-from pipeline.errors import GateError, SourceError
+from pipeline.annotate import discover_labels, label_ids
+from pipeline.errors import GateError
 from pipeline.evaluate import check_inception_weights
 from pipeline.gates import failed_gates
 from pipeline.ops.base import REJECT_REASON
 from pipeline.spec import Spec
-from pipeline.split import assign_splits
+from pipeline.split import in_test_split
+from pipeline.stage import SPLIT_CODES, op_entries, build_stage, stage_folder, stage_key
 
 SAMPLES_SHOWN = 6
 
@@ -56,38 +59,38 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     log(stage, f"done in {timings[stage]:.1f}s")
 
 
-def _peek_first_image(dataset: ray.data.Dataset, decode: ops.RowOp, source: str) -> np.ndarray:
-    rows = dataset.take(64)
-    if not rows:
-        raise SourceError(f"{source}: the source is empty")
-    column = "image_bytes" if "image_bytes" in rows[0] else "image" if "image" in rows[0] else None
-    if column is None:
-        raise SourceError(f"{source}: no image column (columns: {', '.join(rows[0])}); set source.image_column")
-    first = ops.first_decodable([row[column] for row in rows], decode)
-    if first is None:
-        raise SourceError(f"{source}: none of the first {len(rows)} records decodes as an image")
-    return first
-
-
 def _reject_key(reason: str) -> str:
     """Group reasons by kind: drop the per-row detail in brackets or after ' of '."""
     return reason.split(" (")[0].split(" of ")[0]
 
 
-def _reject_records(table: pa.Table) -> pa.Table:
-    reasons = table[REJECT_REASON].to_pylist()
-    return pa.table({"source_ref": table["source_ref"], "reason": pa.array(reasons, pa.string()),
-                     "reason_key": pa.array([_reject_key(r) for r in reasons], pa.string())})
+def account_rejects(refs: pa.ChunkedArray, reasons: np.ndarray, run_dir: str,
+                    max_reject_fraction: float) -> tuple[int, int, dict[str, int]]:
+    """Write every rejected row to `<run_dir>/rejects/` with its reason; count them by kind;
+    fail the run when too many are rejected. Returns (rows in, rows rejected, by kind)."""
+    rows_in = len(reasons)
+    rejected = np.flatnonzero(reasons != "")
+    kinds = [_reject_key(r) for r in reasons[rejected]]
+    by_reason = {k: kinds.count(k) for k in sorted(set(kinds))}
+    folder = os.path.join(run_dir, "rejects")
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
+    if len(rejected):
+        os.makedirs(folder)
+        pq.write_table(pa.table({"source_ref": refs.take(pa.array(rejected)), "reason": list(reasons[rejected]),
+                                 "reason_key": kinds}), os.path.join(folder, "rejects.parquet"))
+    log("preprocess", f"rows in {rows_in}, rejected {len(rejected)} {by_reason or ''}")
+    if rows_in and len(rejected) / rows_in > max_reject_fraction:
+        raise GateError(f"preprocess.max_reject_fraction: {len(rejected)}/{rows_in} rows rejected "
+                        f"({len(rejected) / rows_in:.1%} > {max_reject_fraction:.1%}); see {folder}")
+    return rows_in, len(rejected), by_reason
 
 
-def _with_provenance(table: pa.Table) -> pa.Table:
-    n = table.num_rows
-    return table.append_column("origin", pa.array(["real"] * n, pa.string())).append_column(
-        "generator", pa.nulls(n, pa.string()))
-
-
-def _rows_of_split(table: pa.Table, split: str) -> pa.Table:
-    return table.filter(pa.compute.equal(table["split"], split))
+def _duplicate_report(duplicates: dict[str, list[tuple[int, int, int]]], refs: pa.ChunkedArray) -> dict[str, Any]:
+    """Per dedup operator: how many rows it marked and the first few (kept, dropped) pairs."""
+    return {name: {"marked": len(pairs), "examples": [
+        {"kept": refs[kept].as_py(), "dropped": refs[row].as_py(), "distance": distance}
+        for kept, row, distance in pairs[:10]]} for name, pairs in duplicates.items()}
 
 
 def _first_rows(table: pa.Table, rows: int) -> pa.Table:
@@ -127,8 +130,10 @@ def train_config(spec: Spec, run_id: str, run_dir: str):
     return config, storage, run_name
 
 
-def run(spec: Spec, address: str | None = None) -> RunReport:
-    """Run every stage of `spec`; publish only when all of them succeed."""
+def run(spec: Spec, address: str | None = None, fresh: bool = False) -> RunReport:
+    """Run every stage of `spec`; publish only when all of them succeed. A complete
+    collect + preprocess stage of an earlier run with the same inputs is reused unless
+    `fresh`."""
     from cluster.runtime import configure_data_context, connect
 
     timings: dict[str, float] = {}
@@ -145,46 +150,41 @@ def run(spec: Spec, address: str | None = None) -> RunReport:
     if spec.source.kind == "table":
         from pipeline.tables import run_table
 
-        return run_table(spec, run_id, run_dir, spec_hash, code_version, timings)
+        return run_table(spec, run_id, run_dir, spec_hash, code_version, timings, fresh)
 
     with _timed(timings, "collect"):
         collected = sources.read(spec.source)
 
     with _timed(timings, "preprocess"):
-        row_ops, dataset_ops = ops.split_ops(spec.preprocess.ops)
-        first = _peek_first_image(collected.dataset, row_ops[0], spec.source.path or spec.source.format)
-        shape = ops.resolve_auto(row_ops, first)
-        resolved_ops = [{"op": op.name, **op.params.model_dump()} for op in row_ops + dataset_ops]
-        marked = collected.dataset.map_batches(ops.FusedRowOps(row_ops, shape), batch_size=256).materialize()
-        for op in dataset_ops:
-            marked = op.mark(marked).materialize()
+        key = stage_key(spec, collected.fingerprints, code_version)
+        folder = stage_folder(spec, key)
+        if fresh and folder.fs.exists(folder.path):
+            folder.fs.rm(folder.path, recursive=True)
+        stage = build_stage(spec, collected, folder, key, log)
+        reasons = np.array(stage.keys[REJECT_REASON].to_pylist(), dtype=object)
+        _, dataset_ops = ops.split_ops(op_entries(spec))
+        duplicates = {op.name: op.decide(stage.keys, reasons) for op in dataset_ops}
+        resolved_ops = stage.resolved_ops + [{"op": op.name, **op.params.model_dump()} for op in dataset_ops]
+        shape = stage.shape
         log("preprocess", f"images {shape.height}x{shape.width}x{shape.channels}; ops: "
-            + ", ".join(e["op"] for e in resolved_ops))
+            + ", ".join(e["op"] for e in resolved_ops)
+            + "".join(f"; {name}: {len(pairs)} marked" for name, pairs in duplicates.items()))
 
     with _timed(timings, "annotate"):
-        labels = discover_labels(marked, spec.annotate)
-        marked = apply_labels(marked, spec.annotate, labels).materialize()
+        labels = discover_labels(stage.keys["label"], reasons == "", spec.annotate)
+        label_of_row = label_ids(stage.keys["label"], reasons, labels)
         log("annotate", f"{len(labels.class_names)} classes: {', '.join(labels.class_names[:20])}")
 
-    rows_in = marked.count()
-    rejects = ops.rejected_rows(marked).map_batches(_reject_records, batch_format="pyarrow").materialize()
-    rows_rejected = rejects.count()
-    rejected_by_reason = {r["reason_key"]: int(r["count()"]) for r in rejects.groupby("reason_key").count().iter_rows()}
-    if rows_rejected:
-        rejects.write_parquet(os.path.join(run_dir, "rejects"))
-    log("preprocess", f"rows in {rows_in}, rejected {rows_rejected} {rejected_by_reason or ''}")
-    if rows_in and rows_rejected / rows_in > spec.preprocess.max_reject_fraction:
-        raise GateError(
-            f"preprocess.max_reject_fraction: {rows_rejected}/{rows_in} rows rejected "
-            f"({rows_rejected / rows_in:.1%} > {spec.preprocess.max_reject_fraction:.1%}); see {run_dir}/rejects"
-        )
+    rows_in, rows_rejected, rejected_by_reason = account_rejects(stage.keys["source_ref"], reasons, run_dir,
+                                                                  spec.preprocess.max_reject_fraction)
 
     with _timed(timings, "split"):
-        curated = assign_splits(ops.kept_rows(marked), spec.seed, spec.split.test_fraction)
-        curated = curated.map_batches(_with_provenance, batch_format="pyarrow").materialize()
-        train, test = (curated.map_batches(_rows_of_split, fn_kwargs={"split": s}, batch_format="pyarrow").materialize()
-                       for s in ("train", "test"))
-        split_rows = {"train": train.count(), "test": test.count()}
+        live = reasons == ""
+        is_test = in_test_split(stage.keys["source_ref"].to_pylist(), label_of_row, live, spec.seed,
+                                spec.split.test_fraction)
+        codes = np.where(live, np.where(is_test, SPLIT_CODES["test"], SPLIT_CODES["train"]), 0).astype(np.int8)
+        train, test = (stage.split(codes, label_of_row, s) for s in ("train", "test"))
+        split_rows = {s: int((codes == SPLIT_CODES[s]).sum()) for s in ("train", "test")}
         log("split", f"train {split_rows['train']}, test {split_rows['test']}")
 
     num_classes = len(labels.class_names)
@@ -243,8 +243,7 @@ def run(spec: Spec, address: str | None = None) -> RunReport:
         if staging.fs.exists(staging.path):
             staging.fs.rm(staging.path, recursive=True)
         schema_arrow = publish.image_schema(labels.class_names)
-        published = {s: publish.write_split(d, staging.join("data"), s, schema_arrow, spec.publish.rows_per_shard)
-                     for s, d in (("train", train), ("test", test))}
+        published = stage.publish(codes, label_of_row, staging.join("data"), schema_arrow, spec.publish.rows_per_shard)
         synthetic_rows = 0
         if synthetic is not None:
             synthetic_rows = publish.write_split(synthetic, staging.join("synthetic"), "train", schema_arrow,
@@ -253,7 +252,7 @@ def run(spec: Spec, address: str | None = None) -> RunReport:
     if rows_out + rows_rejected != rows_in:
         raise RuntimeError(f"row accounting broken: {rows_in} in != {rows_out} out + {rows_rejected} rejected")
     lineage = {
-        "run_id": run_id, "name": spec.name, "spec": spec.model_dump(mode="json"), "spec_hash": spec_hash,
+        "run_id": run_id, "name": spec.name, "spec": spec.redacted(), "spec_hash": spec_hash,
         "resolved_ops": resolved_ops, "code_version": code_version, "inputs": collected.fingerprints,
         "seeds": {"spec": spec.seed, "split": spec.seed, "train": spec.seed, "sample": spec.seed,
                   "evaluate": spec.seed},
@@ -261,6 +260,8 @@ def run(spec: Spec, address: str | None = None) -> RunReport:
         "rows": {"rows_in": rows_in, "rows_out": rows_out, "rows_rejected": rows_rejected,
                  "rejected_by_reason": rejected_by_reason, "splits": published, "synthetic": synthetic_rows},
         "image_shape": [shape.height, shape.width, shape.channels], "class_names": labels.class_names,
+        "stage": {"key": stage.key, "folder": stage.folder.url, "reused": stage.reused},
+        "duplicates": _duplicate_report(duplicates, stage.keys["source_ref"]),
         "run_dir": run_dir,
     }
     if synthetic is not None:
@@ -269,9 +270,14 @@ def run(spec: Spec, address: str | None = None) -> RunReport:
         _write_report_plots(staging, evaluation, labels.class_names)
     if trained is not None and trained.history:
         _put_plot(staging, "losses.png", lambda path: plots.loss_curves(trained.history, path))
+    near = duplicates.get("near_dedup", [])[:SAMPLES_SHOWN * 2]
+    if near:
+        pictures = stage.images([row for kept, row, _ in near for row in (kept, row)])
+        _put_plot(staging, "near_duplicates.png", lambda path: plots.duplicate_pairs(
+            pictures[0::2], pictures[1::2], [d for _, _, d in near], path))
     card = publish.Card(name=spec.name, class_names=labels.class_names, split_rows=published,
                         synthetic_rows=synthetic_rows, rejected_by_reason=rejected_by_reason,
-                        metrics={k: v for k, v in metrics.items() if not isinstance(v, list)},
+                        near_duplicate_pairs=len(near), metrics={k: v for k, v in metrics.items() if not isinstance(v, list)},
                         lineage_summary={"spec_hash": spec_hash, "inputs": collected.fingerprints,
                                          "generator": lineage_checkpoint, "rows": lineage["rows"]})
     with staging.fs.open(staging.join("README.md").path, "w") as handle:

@@ -38,6 +38,8 @@ class SourceSpec(_Section):
     """`idx` only: fsspec URL of the labels file that goes with `path`."""
     image_column: str = "image"
     """`parquet`/`csv`/`jsonl`: column holding encoded image bytes or a HF `{bytes, path}` struct."""
+    encoding: str = "utf8"
+    """`csv`: the files' text encoding (e.g. `latin1`, `cp1252`); JSONL and Parquet are UTF-8."""
     limit: int | None = Field(default=None, gt=0)
     """Read only the first N records (subsets for trials and tests)."""
     storage_options: dict[str, Any] = Field(default_factory=dict)
@@ -193,13 +195,32 @@ class Spec(_Section):
             raise ValueError("synthesize.conditions: give counts for one column")
         return self
 
+    def redacted(self) -> dict[str, Any]:
+        """The resolved spec with credential-like storage options masked: what lineage, cards
+        and logs may show."""
+        raw = self.model_dump(mode="json")
+        for section in ("source", "publish"):
+            raw[section]["storage_options"] = _redact(raw[section]["storage_options"])
+        return raw
+
     def spec_hash(self) -> str:
-        """sha256 of the resolved spec: the same spec gives the same hash on any machine."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """sha256 of the resolved spec (credentials masked): the same spec gives the same hash
+        on any machine, and rotating a credential does not change it."""
+        canonical = json.dumps(self.redacted(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def publish_target(self) -> str:
         return self.publish.to or f"./out/{self.name}"
+
+
+_SECRET_WORDS = ("key", "secret", "token", "password", "credential", "session")
+
+
+def _redact(options: Any) -> Any:
+    if isinstance(options, dict):
+        return {k: "***" if any(w in str(k).lower() for w in _SECRET_WORDS) and not isinstance(v, dict)
+                else _redact(v) for k, v in options.items()}
+    return options
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:

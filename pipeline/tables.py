@@ -10,6 +10,7 @@ encoder is fitted and the metrics run on whole tables.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from typing import Any
@@ -17,10 +18,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 import ray.data
 
-from pipeline import io, ops, plots, sources
+from pipeline import io, plots, sources
+from pipeline.annotate import discover_labels, label_ids
 from pipeline.errors import SourceError, SpecError
 from pipeline.gates import failed_gates
 from pipeline.ops import registry
@@ -28,7 +31,8 @@ from pipeline.ops.base import REJECT_REASON
 from pipeline.publish import write_json
 from pipeline.publish_table import render_table_card, table_schema, write_table_split
 from pipeline.spec import Spec
-from pipeline.split import assign_splits
+from pipeline.split import in_test_split
+from pipeline.stage import stage_folder
 
 INFER_ROWS = 20_000
 """Rows read to infer column kinds."""
@@ -107,20 +111,6 @@ def _clean(table: pa.Table, types: dict[str, pa.DataType], hashed: list[str]) ->
         "content_hash", pa.array(digests, pa.string())).append_column(REJECT_REASON, pa.array(reasons, pa.string()))
 
 
-def _label(table: pa.Table, target: str, index: dict[str, int]) -> pa.Table:
-    reasons = table[REJECT_REASON].to_pylist()
-    ids = []
-    for i, value in enumerate(table[target].to_pylist()):
-        key = None if value is None or value == "" else str(value)
-        if not reasons[i] and key is None:
-            reasons[i] = "annotate: missing label"
-        elif not reasons[i] and key not in index:
-            reasons[i] = f"annotate: label not in class_names ({value!r})"
-        ids.append(index.get(key, 0) if key is not None else 0)
-    table = table.set_column(table.column_names.index(REJECT_REASON), REJECT_REASON, pa.array(reasons, pa.string()))
-    return table.append_column("label", pa.array(ids, pa.int64()))
-
-
 def infer_types(spec: Spec, dataset: ray.data.Dataset) -> tuple[dict[str, str], dict[str, pa.DataType]]:
     from synth.tabular import infer_kinds
 
@@ -143,8 +133,8 @@ def infer_types(spec: Spec, dataset: ray.data.Dataset) -> tuple[dict[str, str], 
 
 
 def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_version: dict[str, Any],
-              timings: dict[str, float]):
-    from pipeline.run import RunReport, _put_plot, _reject_records, _timed, log, train_config
+              timings: dict[str, float], fresh: bool = False):
+    from pipeline.run import RunReport, _put_plot, _timed, account_rejects, log, train_config
 
     target_name = spec.annotate.label_column
     with _timed(timings, "collect"):
@@ -153,39 +143,35 @@ def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_versio
         log("collect", "columns: " + ", ".join(f"{n} ({k})" for n, k in kinds.items()))
 
     with _timed(timings, "preprocess"):
-        hashed = [n for n, k in kinds.items() if k != "id"]
-        marked = collected.dataset.map_batches(_clean, fn_kwargs={"types": types, "hashed": hashed},
-                                               batch_format="pyarrow").materialize()
-        if spec.preprocess.dedup_rows:
-            marked = registry.build({"op": "dedup"}).mark(marked).materialize()
+        key = hashlib.sha256(json.dumps({"source": spec.source.model_dump(mode="json", exclude={"storage_options"}),
+                                         "types": {n: str(t) for n, t in types.items()}, "kinds": kinds,
+                                         "inputs": collected.fingerprints, "code": code_version},
+                                        sort_keys=True).encode()).hexdigest()[:16]
+        folder = stage_folder(spec, key)
+        if fresh and folder.fs.exists(folder.path):
+            folder.fs.rm(folder.path, recursive=True)
+        cleaned = _cleaned_stage(collected, types, [n for n, k in kinds.items() if k != "id"], folder)
+        reasons = np.array(cleaned[REJECT_REASON].to_pylist(), dtype=object)
+        duplicates = registry.build({"op": "dedup"}).decide(cleaned, reasons) if spec.preprocess.dedup_rows else []
+        log("preprocess", f"{cleaned.num_rows} rows cast to their column types; "
+            f"{len(duplicates)} exact duplicate rows")
 
     with _timed(timings, "annotate"):
-        values = sorted({str(v) for v in marked.unique(target_name) if v not in (None, "")})
-        class_names = list(spec.annotate.class_names or values)
-        if not class_names:
-            raise SourceError(f"annotate.label_column: column '{target_name}' holds no labels")
-        marked = marked.map_batches(_label, fn_kwargs={"target": target_name,
-                                                       "index": {n: i for i, n in enumerate(class_names)}},
-                                    batch_format="pyarrow").materialize()
+        labels = discover_labels(cleaned[target_name], reasons == "", spec.annotate)
+        class_names = labels.class_names
+        label_of_row = label_ids(cleaned[target_name], reasons, labels)
         log("annotate", f"target '{target_name}': {len(class_names)} classes: {', '.join(class_names[:20])}")
 
-    rows_in = marked.count()
-    rejects = ops.rejected_rows(marked).map_batches(_reject_records, batch_format="pyarrow").materialize()
-    rows_rejected = rejects.count()
-    rejected_by_reason = {r["reason_key"]: int(r["count()"]) for r in rejects.groupby("reason_key").count().iter_rows()}
-    if rows_rejected:
-        rejects.write_parquet(os.path.join(run_dir, "rejects"))
-    log("preprocess", f"rows in {rows_in}, rejected {rows_rejected} {rejected_by_reason or ''}")
-    if rows_in and rows_rejected / rows_in > spec.preprocess.max_reject_fraction:
-        from pipeline.errors import GateError
-
-        raise GateError(f"preprocess.max_reject_fraction: {rows_rejected}/{rows_in} rows rejected "
-                        f"({rows_rejected / rows_in:.1%} > {spec.preprocess.max_reject_fraction:.1%}); "
-                        f"see {run_dir}/rejects")
+    rows_in, rows_rejected, rejected_by_reason = account_rejects(cleaned["source_ref"], reasons, run_dir,
+                                                                  spec.preprocess.max_reject_fraction)
 
     with _timed(timings, "split"):
-        curated = assign_splits(ops.kept_rows(marked), spec.seed, spec.split.test_fraction).materialize()
-        frames = {s: _collect(curated, s, list(types)) for s in ("train", "test")}
+        live = reasons == ""
+        is_test = in_test_split(cleaned["source_ref"].to_pylist(), label_of_row, live, spec.seed,
+                                spec.split.test_fraction)
+        columns = list(types) + ["source_ref"]
+        frames = {"train": cleaned.select(columns).filter(pa.array(live & ~is_test)),
+                  "test": cleaned.select(columns).filter(pa.array(live & is_test))}
         log("split", f"train {frames['train'].num_rows}, test {frames['test'].num_rows}")
 
     metrics: dict[str, Any] = {}
@@ -250,7 +236,7 @@ def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_versio
     if rows_out + rows_rejected != rows_in:
         raise RuntimeError(f"row accounting broken: {rows_in} in != {rows_out} out + {rows_rejected} rejected")
     lineage = {
-        "run_id": run_id, "name": spec.name, "spec": spec.model_dump(mode="json"), "spec_hash": spec_hash,
+        "run_id": run_id, "name": spec.name, "spec": spec.redacted(), "spec_hash": spec_hash,
         "column_kinds": kinds, "code_version": code_version, "inputs": collected.fingerprints,
         "seeds": {"spec": spec.seed, "split": spec.seed, "train": spec.seed, "sample": spec.seed, "evaluate": spec.seed},
         "checkpoint": lineage_checkpoint, "timings_s": timings,
@@ -301,11 +287,21 @@ def condition_plan(spec: Spec, encoder, train: pa.Table, target: str) -> list[tu
     return plan
 
 
-def _collect(curated: ray.data.Dataset, split: str, columns: list[str]) -> pa.Table:
-    from pipeline.run import _rows_of_split
-
-    part = curated.map_batches(_rows_of_split, fn_kwargs={"split": split}, batch_format="pyarrow")
-    return _concat(part.select_columns(columns + ["source_ref"]).to_arrow_refs(), None)
+def _cleaned_stage(collected, types: dict[str, pa.DataType], hashed: list[str], folder: io.Location) -> pa.Table:
+    """Every row cast to its column's type, with reject reasons and content hashes; read from
+    the stage folder when an earlier run with the same inputs wrote it."""
+    path = folder.join("cleaned.parquet")
+    if folder.fs.exists(path.path):
+        with folder.fs.open(path.path, "rb") as handle:
+            return pq.read_table(handle)
+    marked = collected.dataset.map_batches(_clean, fn_kwargs={"types": types, "hashed": hashed},
+                                           batch_format="pyarrow")
+    cleaned = _concat(marked.to_arrow_refs(), None)
+    folder.fs.makedirs(folder.path, exist_ok=True)
+    with folder.fs.open(f"{path.path}.partial", "wb") as handle:
+        pq.write_table(cleaned, handle)
+    folder.fs.mv(f"{path.path}.partial", path.path)  # complete or absent
+    return cleaned
 
 
 def _concat(refs: list, schema: pa.Schema | None) -> pa.Table:

@@ -1,11 +1,17 @@
+import gzip
+import io
+
 import numpy as np
+import pyarrow as pa
 import pytest
-import ray.data
 
 from pipeline import ops
 from pipeline.ops.base import REJECT_REASON
+from pipeline.ops.dedup import perceptual_hashes
 from pipeline.ops.registry import build
-from tests.conftest import png_bytes
+from PIL import Image
+
+from tests.conftest import MNIST_IMAGES, png_bytes
 
 
 def _decode():
@@ -61,16 +67,61 @@ def test_fused_ops_mark_rejects_and_keep_shape():
     assert len(out["content_hash"][0]) == 32 and out["content_hash"][1] == ""
 
 
-def test_dedup_keeps_the_smallest_ref_of_each_group():
-    rows = [{"content_hash": h, "source_ref": r, REJECT_REASON: reason}
-            for h, r, reason in [("x", "f#2", ""), ("x", "f#1", ""), ("y", "f#3", ""), ("x", "f#0", "decode: bad"),
-                                 ("y", "f#4", ""), ("z", "f#5", "")]]
-    marked = build({"op": "dedup"}).mark(ray.data.from_items(rows, override_num_blocks=3))
-    reasons = {r["source_ref"]: r[REJECT_REASON] for r in marked.take_all()}
-    assert reasons == {"f#0": "decode: bad", "f#1": "", "f#2": "dedup: duplicate of f#1", "f#3": "",
-                       "f#4": "dedup: duplicate of f#3", "f#5": ""}
+def _keys(**columns) -> tuple[pa.Table, np.ndarray]:
+    refs = [f"f#{i}" for i in range(len(next(iter(columns.values()))))]
+    reasons = np.array(columns.pop("reasons", [""] * len(refs)), dtype=object)
+    return pa.table({"source_ref": refs, **columns}), reasons
+
+
+def test_dedup_keeps_the_first_row_of_each_group():
+    keys, reasons = _keys(content_hash=["x", "x", "y", "x", "y", "z"],
+                          reasons=["decode: bad", "", "", "", "", ""])
+    pairs = build({"op": "dedup"}).decide(keys, reasons)
+    assert list(reasons) == ["decode: bad", "", "", "dedup: duplicate of f#1", "dedup: duplicate of f#2", ""]
+    assert pairs == [(1, 3, 0), (2, 4, 0)]
+
+
+def test_perceptual_hash_is_stable_under_small_changes_and_separates_different_images():
+    with gzip.open(MNIST_IMAGES) as handle:
+        digits = np.frombuffer(handle.read()[16:16 + 500 * 784], np.uint8).reshape(500, 28, 28, 1)
+    hashes = perceptual_hashes(digits)
+
+    def distances(changed: np.ndarray) -> np.ndarray:
+        return np.bitwise_count(hashes ^ perceptual_hashes(changed))
+
+    jpeg = np.stack([np.asarray(Image.open(io.BytesIO(png_bytes(d[:, :, 0], "JPEG"))))[:, :, None] for d in digits])
+    brighter = np.clip(digits.astype(int) + 15, 0, 255).astype(np.uint8)
+    larger = np.stack([np.asarray(Image.fromarray(d[:, :, 0]).resize((112, 112)))[:, :, None] for d in digits])
+    assert np.percentile(distances(jpeg), 90) <= 2 and np.percentile(distances(brighter), 99) <= 4
+    assert np.percentile(distances(larger), 90) <= 2  # the hash does not depend on the resolution
+    others = np.bitwise_count(hashes ^ np.roll(hashes, 1))
+    assert np.median(others) >= 20 and np.percentile(others, 1) > 4  # different digits are far apart
+
+
+def test_near_dedup_finds_every_pair_within_the_distance_and_keeps_the_first():
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 2**63, size=400, dtype=np.uint64)
+    flips = [(10, 3, 1), (50, 4, 2), (399, 5, 3), (20, 6, 5)]  # (copy into row, from row, bits flipped)
+    for row, source, bits in flips:
+        hashes[row] = hashes[source] ^ np.uint64((1 << bits) - 1)
+    keys, reasons = _keys(phash=pa.array(hashes, pa.uint64()))
+    op = build({"op": "near_dedup", "distance": 4})
+    brute = {(i, j) for i in range(400) for j in range(i + 1, 400) if np.bitwise_count(hashes[i] ^ hashes[j]) <= 4}
+    assert {(int(i), int(j)) for i, j, _ in op.pairs(hashes)} == brute == {(3, 10), (4, 50), (5, 399)}
+    pairs = op.decide(keys, reasons)
+    assert pairs == [(3, 10, 1), (4, 50, 2), (5, 399, 3)]
+    assert reasons[10] == "near_dedup: near duplicate of f#3 (distance 1)" and reasons[20] == ""
+
+
+def test_near_dedup_keeps_a_row_whose_only_neighbour_was_dropped():
+    base = np.uint64(0)
+    hashes = np.array([base, base ^ np.uint64(0b111), base ^ np.uint64(0b111111)], dtype=np.uint64)
+    keys, reasons = _keys(phash=pa.array(hashes, pa.uint64()))
+    build({"op": "near_dedup", "distance": 3}).decide(keys, reasons)
+    # row 1 is within 3 bits of row 0 (dropped); row 2 is 3 bits from row 1 but 6 from row 0: kept
+    assert list(reasons) == ["", "near_dedup: near duplicate of f#0 (distance 3)", ""]
 
 
 def test_unknown_operator_lists_known_ones():
-    with pytest.raises(ValueError, match="unknown operator 'blur'; known: color, decode, dedup, resize"):
+    with pytest.raises(ValueError, match="unknown operator 'blur'; known: color, decode, dedup, near_dedup, resize"):
         build({"op": "blur"})

@@ -32,7 +32,7 @@ def test_defaults_fill_operator_params():
     (["synthesize.epochs=abc"], "synthesize.epochs: Input should be a valid integer"),
     (["synthesize.epochs=0"], "synthesize.epochs: Input should be greater than or equal to 1"),
     (["synthesize.model=gann"], "synthesize.model: unknown model 'gann'; known: cvae"),
-    (["preprocess.ops.3.op=dedupe"], "preprocess.ops.3: unknown operator 'dedupe'; known: color, decode, dedup, resize"),
+    (["preprocess.ops.3.op=dedupe"], "preprocess.ops.3: unknown operator 'dedupe'; known: color, decode, dedup, near_dedup, resize"),
     (["preprocess.ops.2.size=30"], "preprocess.ops.2.size: must be a multiple of 4"),
     (["preprocess.ops.1.colour=L"], "preprocess.ops.1.colour: unknown key"),
     (["source.format=idx"], "source.labels is required for format 'idx'"),

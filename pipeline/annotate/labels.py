@@ -1,7 +1,8 @@
 """Labels from a column (the IDX labels file, the class folder of an image, a table column).
 
-Integer labels index `class_names`; string labels are looked up in it. Rows whose label
-is missing or unknown are rejected with a reason rather than guessed.
+Works on the raw label values of every row (narrow keys, in source order): integer labels
+index `class_names`; string labels are looked up in it. Rows whose label is missing or
+unknown are rejected with a reason rather than guessed.
 """
 
 from __future__ import annotations
@@ -10,10 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import ray.data
 
 from pipeline.errors import SourceError
-from pipeline.ops.base import REJECT_REASON, kept_rows
 from pipeline.spec import AnnotateSpec
 
 
@@ -25,52 +24,42 @@ class LabelSet:
     by_value: dict[str | int, int]
 
 
-def discover_labels(dataset: ray.data.Dataset, spec: AnnotateSpec) -> LabelSet:
-    """Class names from the spec, or the sorted distinct labels of the kept rows."""
+def _present(value) -> bool:
+    return value is not None and value != ""
+
+
+def discover_labels(values: pa.ChunkedArray | pa.Array, live: np.ndarray, spec: AnnotateSpec) -> LabelSet:
+    """Class names from the spec, or the sorted distinct labels of the live rows."""
     column = spec.label_column
-    if column not in dataset.columns():
-        raise SourceError(
-            f"annotate.label_column: no column '{column}' in the source (columns: {', '.join(dataset.columns())})"
-        )
     if spec.class_names is not None:
         names = list(spec.class_names)
         if len(set(names)) != len(names):
             raise SourceError("annotate.class_names: names must be distinct")
         return LabelSet(names, {**{i: i for i in range(len(names))}, **{n: i for i, n in enumerate(names)}})
-    values = [v for v in kept_rows(dataset.select_columns([column, REJECT_REASON])).unique(column) if v not in (None, "")]
-    if not values:
+    found = [v for v in pa.compute.unique(pa.chunked_array([values]).filter(pa.array(live))).to_pylist() if _present(v)]
+    if not found:
         raise SourceError(f"annotate.label_column: column '{column}' holds no labels")
-    if all(isinstance(v, (int, np.integer)) for v in values):
-        values = sorted(int(v) for v in values)
+    if all(isinstance(v, (int, np.integer)) for v in found):
+        found = sorted(int(v) for v in found)
     else:
-        values = sorted(str(v) for v in values)
-    return LabelSet([str(v) for v in values], {v: i for i, v in enumerate(values)})
+        found = sorted(str(v) for v in found)
+    return LabelSet([str(v) for v in found], {v: i for i, v in enumerate(found)})
 
 
-def _label_batch(table: pa.Table, column: str, labels: LabelSet) -> pa.Table:
-    raw = table[column].to_pylist()
-    reasons = table[REJECT_REASON].to_pylist()
-    ids = np.zeros(len(raw), dtype=np.int64)
-    for i, value in enumerate(raw):
+def label_ids(values: pa.ChunkedArray | pa.Array, reasons: np.ndarray, labels: LabelSet) -> np.ndarray:
+    """Class id of every row; a live row with a missing or unknown label gets a reject reason."""
+    ids = np.zeros(len(reasons), dtype=np.int64)
+    for i, value in enumerate(values.to_pylist()):
         if reasons[i]:
             continue
-        if value is None or value == "":
+        if not _present(value):
             reasons[i] = "annotate: missing label"
             continue
         key = int(value) if isinstance(value, (int, float)) and value == int(value) else value
+        if key not in labels.by_value and isinstance(key, int):
+            key = str(key)
         if key not in labels.by_value:
             reasons[i] = f"annotate: label not in class_names ({value!r})"
             continue
         ids[i] = labels.by_value[key]
-    table = table.drop_columns(sorted({column, "label"} & set(table.column_names)))
-    table = table.set_column(table.column_names.index(REJECT_REASON), REJECT_REASON, pa.array(reasons, pa.string()))
-    return table.append_column("label", pa.array(ids)).append_column(
-        "label_source", pa.array(["given"] * len(ids), pa.string())
-    )
-
-
-def apply_labels(dataset: ray.data.Dataset, spec: AnnotateSpec, labels: LabelSet) -> ray.data.Dataset:
-    """Replace the label column with class ids; add `label_source`."""
-    return dataset.map_batches(
-        _label_batch, fn_kwargs={"column": spec.label_column, "labels": labels}, batch_format="pyarrow"
-    )
+    return ids

@@ -1,7 +1,7 @@
 """Preprocessing operators and the fused per-batch pipeline built from a spec's `ops` list.
 
 Row operators run fused in one `map_batches` call (one pass over the data, one task per
-block); dataset operators (dedup) run after, on the materialised result.
+block); dataset operators (dedup) then decide on the narrow keys that pass returns.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.ops import dedup, image  # noqa: F401  (registers the operators)
-from pipeline.ops.base import REJECT_REASON, DatasetOp, Reject, RowOp, kept_rows, rejected_rows
+from pipeline.ops.base import REJECT_REASON, DatasetOp, Reject, RowOp
 from pipeline.ops.registry import OPERATORS, build
 
 
@@ -27,8 +27,9 @@ class ImageShape:
 class FusedRowOps:
     """All row operators of a spec applied to one batch, in order.
 
-    Input: `image` (arrays) or `image_bytes` (encoded), plus any other columns, which pass
-    through. Output adds `reject_reason` and `content_hash`; every image has `shape`
+    Input: `image` (arrays) or `image_bytes` (encoded), optionally `reject_reason` (a source
+    that could not read a record), plus any other columns, which pass through. Output adds
+    `reject_reason` and `content_hash`; every image has `shape`
     (rejected rows carry zeros, so the column stays one fixed-shape tensor).
     """
 
@@ -37,7 +38,7 @@ class FusedRowOps:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = list(batch.pop("image_bytes")) if "image_bytes" in batch else list(batch.pop("image"))
-        reasons = [""] * len(values)
+        reasons = list(batch.pop(REJECT_REASON)) if REJECT_REASON in batch else [""] * len(values)
         for op in self.ops:
             op.run(values, reasons)
         target = (self.shape.height, self.shape.width, self.shape.channels)
@@ -91,5 +92,5 @@ def first_decodable(values: list[Any], decode: RowOp) -> np.ndarray | None:
 
 __all__ = [
     "OPERATORS", "REJECT_REASON", "DatasetOp", "FusedRowOps", "ImageShape", "RowOp",
-    "first_decodable", "kept_rows", "rejected_rows", "resolve_auto", "split_ops",
+    "first_decodable", "resolve_auto", "split_ops",
 ]

@@ -3,7 +3,8 @@
 A row operator turns one record into one record or rejects it with a reason; the base
 class runs it over a batch, skips rows that an earlier operator rejected and records
 each rejection in the `reject_reason` column (empty string = kept). A dataset operator
-needs the whole dataset (e.g. dedup) and marks rows the same way.
+needs every row at once (dedup): it decides on narrow per-row keys (a hash, the source
+reference) gathered in source order, never on the records themselves.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import ray.data
 from pydantic import BaseModel, ConfigDict
 
 REJECT_REASON = "reject_reason"
@@ -56,24 +55,15 @@ class RowOp(Operator):
 
 
 class DatasetOp(Operator):
-    """An operator that needs the whole dataset; subclasses implement `mark`.
+    """An operator that needs every row at once; subclasses implement `decide`.
 
-    `mark` gets the dataset with a `reject_reason` column and returns it with more
-    rows marked, never fewer rows.
+    `key_column` names the per-row key it needs (computed by the row pass); `decide` gets
+    the keys table (rows in source order, with `source_ref`) and the reject reasons of all
+    rows, marks more rows in place (never un-marks one) and returns the (kept row,
+    marked row, distance) pairs it found, for the report.
     """
 
-    def mark(self, dataset: ray.data.Dataset) -> ray.data.Dataset:
+    key_column: ClassVar[str]
+
+    def decide(self, keys: pa.Table, reasons: np.ndarray) -> list[tuple[int, int, int]]:
         raise NotImplementedError
-
-
-def _filter_by_reason(table: pa.Table, rejected: bool) -> pa.Table:
-    empty = pc.equal(table[REJECT_REASON], "")
-    return table.filter(pc.invert(empty) if rejected else empty)
-
-
-def kept_rows(dataset: ray.data.Dataset) -> ray.data.Dataset:
-    return dataset.map_batches(_filter_by_reason, fn_kwargs={"rejected": False}, batch_format="pyarrow")
-
-
-def rejected_rows(dataset: ray.data.Dataset) -> ray.data.Dataset:
-    return dataset.map_batches(_filter_by_reason, fn_kwargs={"rejected": True}, batch_format="pyarrow")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 import ray.data
 
 RECORDS_PER_BLOCK = 4096
@@ -27,6 +28,7 @@ def num_blocks(rows: int, per_block: int = RECORDS_PER_BLOCK) -> int:
     return max(1, -(-rows // per_block))
 
 
-def paths_dataset(paths: list[str], per_block: int) -> ray.data.Dataset:
-    """A dataset of file paths (one small column) to fan file reads out over the cluster."""
-    return ray.data.from_items([{"path": p} for p in paths], override_num_blocks=num_blocks(len(paths), per_block))
+def paths_dataset(paths: list[str], per_block: int, **columns: list) -> ray.data.Dataset:
+    """A dataset of file paths (plus any small per-file columns) to fan file reads out over the cluster."""
+    table = pa.table({"path": pa.array(paths, pa.string()), **columns})
+    return ray.data.from_arrow([table.slice(start, per_block) for start in range(0, max(1, len(paths)), per_block)])

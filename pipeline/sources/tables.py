@@ -22,16 +22,29 @@ from pipeline.sources.base import Collected, paths_dataset
 from pipeline.spec import SourceSpec
 
 ROWS_PER_BATCH = 8192
+CSV_NULLS = ["", "NA", "N/A", "n/a", "NULL", "null", "#N/A", "#NA", "None"]
+"""CSV cells read as missing values. NaN is not one of them: like ±inf it is a non-finite
+number, and the row is rejected with that reason rather than silently emptied."""
 _SUFFIXES = {"parquet": (".parquet", ".pq"), "csv": (".csv", ".csv.gz"), "jsonl": (".jsonl", ".json", ".jsonl.gz")}
 
 
-def _record_batches(fmt: str, handle) -> Iterator[pa.RecordBatch]:
+def _record_batches(fmt: str, handle, encoding: str) -> Iterator[pa.RecordBatch]:
     if fmt == "parquet":
         yield from pq.ParquetFile(handle).iter_batches(batch_size=ROWS_PER_BATCH)
     elif fmt == "csv":
-        yield from pyarrow.csv.open_csv(handle, read_options=pyarrow.csv.ReadOptions(block_size=1 << 22))
+        options = pyarrow.csv.ReadOptions(block_size=1 << 22, encoding=encoding)
+        convert = pyarrow.csv.ConvertOptions(null_values=CSV_NULLS, strings_can_be_null=True)
+        yield from pyarrow.csv.open_csv(handle, read_options=options, convert_options=convert)
     else:
         yield from pyarrow.json.open_json(handle, read_options=pyarrow.json.ReadOptions(block_size=1 << 22))
+
+
+def _check_text(table: pa.Table, uri: str, row: int, image_column: str) -> None:
+    """pyarrow reads text that is not valid UTF-8 as bytes: name the column and the fix."""
+    for name, column in zip(table.column_names, table.columns):
+        if name != image_column and pa.types.is_binary(column.type):
+            raise SourceError(f"{uri}: column '{name}' is not UTF-8 text (rows {row}-{row + table.num_rows}); "
+                              "set source.encoding (e.g. latin1)")
 
 
 def _image_bytes(column: pa.Array) -> pa.Array:
@@ -40,14 +53,17 @@ def _image_bytes(column: pa.Array) -> pa.Array:
     return column
 
 
-def _read_tables(batch: dict[str, np.ndarray], root: io.Location, fmt: str, image_column: str) -> Iterator[pa.Table]:
+def _read_tables(batch: dict[str, np.ndarray], root: io.Location, fmt: str, image_column: str,
+                 encoding: str) -> Iterator[pa.Table]:
     for path in batch["path"]:
         uri = root.uri(path)
         row = 0
         try:
             with root.fs.open(path, "rb", compression="infer") as handle:
-                for record_batch in _record_batches(fmt, handle):
+                for record_batch in _record_batches(fmt, handle, encoding):
                     table = pa.Table.from_batches([record_batch])
+                    if fmt == "csv":
+                        _check_text(table, uri, row, image_column)
                     if image_column in table.column_names:
                         index = table.column_names.index(image_column)
                         table = table.set_column(index, "image_bytes", _image_bytes(table.column(image_column).combine_chunks()))
@@ -55,20 +71,23 @@ def _read_tables(batch: dict[str, np.ndarray], root: io.Location, fmt: str, imag
                     row += table.num_rows
                     yield table.append_column("source_ref", refs)
         except (pa.ArrowInvalid, UnicodeDecodeError, OSError) as err:
-            raise SourceError(f"{uri}: cannot read {fmt} after row {row}: {str(err).splitlines()[0]}") from None
+            detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+            hint = "; set source.encoding (e.g. latin1)" if fmt == "csv" and "UTF8" in detail.replace("-", "") else ""
+            raise SourceError(f"{uri}: cannot read {fmt} after row {row}: {detail}{hint}") from None
 
 
 def read(spec: SourceSpec) -> Collected:
     root = io.require_exists(spec.path, f"{spec.format} source", spec.storage_options)
-    paths = io.list_files(root, _SUFFIXES[spec.format] if root.fs.isdir(root.path) else None)
+    files = io.list_files(root, _SUFFIXES[spec.format] if root.fs.isdir(root.path) else None)
+    paths = list(files)
     if not paths:
         raise SourceError(f"{spec.path}: no {spec.format} files found")
     dataset = paths_dataset(paths, per_block=1).map_batches(
         _read_tables,
-        fn_kwargs={"root": root, "fmt": spec.format, "image_column": spec.image_column},
+        fn_kwargs={"root": root, "fmt": spec.format, "image_column": spec.image_column, "encoding": spec.encoding},
         batch_size=1,
         batch_format="numpy",
     )
     if spec.limit:
         dataset = dataset.limit(spec.limit)
-    return Collected(dataset=dataset, fingerprints=[io.fingerprint(root, paths)])
+    return Collected(dataset=dataset, fingerprints=[io.fingerprint(root, files)])

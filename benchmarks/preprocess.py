@@ -1,0 +1,290 @@
+"""Collection + preprocessing throughput and memory: datakiln against hand-written loops.
+
+The input is a folder of MNIST-sized PNG files in class sub-folders, made by tiling the
+bundled MNIST test set (each copy differs in one pixel, so exact dedup keeps them all).
+Every contender does the same work: list and read the files, decode, convert to grey,
+check the shape, hash and drop exact duplicates, encode PNG once and write Parquet shards
+with the label and a source reference.
+
+- `single`: one Python process, PIL + numpy + pyarrow;
+- `datasets_map`: `datasets.Dataset.map(num_proc=2)` then `to_parquet`;
+- `datakiln`: `datakiln run` with synthesis off (collect → preprocess → annotate → split →
+  publish), Ray started before the clock.
+
+Each contender runs in its own process; peak memory is the largest sum of PSS over that
+process and all its descendants (Ray's raylet, GCS and workers included), sampled every
+0.2 s. With `--memory-scale 10` datakiln also runs on 10× the images to show memory stays
+bounded. Last line: one JSON object.
+
+    python benchmarks/preprocess.py [--images 100000] [--memory-scale 10] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MNIST = os.path.join(ROOT, "..", "shared", "data", "mnist")
+FILES_PER_FOLDER = 1000
+
+
+def _mnist() -> tuple[np.ndarray, np.ndarray]:
+    with gzip.open(os.path.join(MNIST, "t10k-images-idx3-ubyte.gz")) as handle:
+        images = np.frombuffer(handle.read()[16:], dtype=np.uint8).reshape(-1, 28, 28)
+    with gzip.open(os.path.join(MNIST, "t10k-labels-idx1-ubyte.gz")) as handle:
+        labels = np.frombuffer(handle.read()[8:], dtype=np.uint8)
+    return images, labels
+
+
+def _write_files(args: tuple[str, int, int]) -> None:
+    from PIL import Image
+
+    root, start, stop = args
+    images, labels = _mnist()
+    for i in range(start, stop):
+        copy, index = divmod(i, len(labels))
+        image = images[index].copy()
+        if copy:  # copy k flips the low bit of pixel k: distinct bytes, same digit
+            image.flat[copy % image.size] ^= 1
+        folder = os.path.join(root, str(labels[index]), f"{i // FILES_PER_FOLDER:05d}")
+        os.makedirs(folder, exist_ok=True)
+        Image.fromarray(image).save(os.path.join(folder, f"{i:07d}.png"))
+
+
+def make_input(root: str, count: int) -> None:
+    marker = os.path.join(root, f".complete-{count}")
+    if os.path.exists(marker):
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    chunks = [(root, start, min(count, start + 10_000)) for start in range(0, count, 10_000)]
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(_write_files, chunks))
+    open(marker, "w").close()
+
+
+def _list_pngs(root: str) -> list[str]:
+    paths = []
+    for folder, _, files in os.walk(root):
+        paths.extend(os.path.join(folder, f) for f in files if f.endswith(".png"))
+    return sorted(paths)
+
+
+def _process_file(path: str, root: str) -> tuple[bytes, int, str, str] | None:
+    """Shared per-file work of the hand-written contenders: (png, label, ref, hash) or None."""
+    from PIL import Image
+
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception:
+        return None
+    array = np.asarray(image.convert("L"), dtype=np.uint8)
+    if array.shape != (28, 28):
+        return None
+    digest = hashlib.blake2b(array.tobytes(), digest_size=16).hexdigest()
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    label = int(os.path.relpath(path, root).split(os.sep)[0])
+    return buffer.getvalue(), label, path, digest
+
+
+def run_single(root: str, out: str) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    seen: set[str] = set()
+    rows, shard = {"image": [], "label": [], "source_ref": []}, 0
+
+    def flush() -> None:
+        nonlocal rows, shard
+        table = pa.table({"image": pa.array([{"bytes": b, "path": None} for b in rows["image"]]),
+                          "label": rows["label"], "source_ref": rows["source_ref"]})
+        pq.write_table(table, os.path.join(out, f"train-{shard:05d}.parquet"))
+        rows, shard = {"image": [], "label": [], "source_ref": []}, shard + 1
+
+    kept = 0
+    for path in _list_pngs(root):
+        result = _process_file(path, root)
+        if result is None or result[3] in seen:
+            continue
+        seen.add(result[3])
+        rows["image"].append(result[0])
+        rows["label"].append(result[1])
+        rows["source_ref"].append(result[2])
+        kept += 1
+        if len(rows["label"]) == 10_000:
+            flush()
+    if rows["label"]:
+        flush()
+    return kept
+
+
+def _map_batch(batch: dict, root: str) -> dict:
+    results = [_process_file(p, root) for p in batch["path"]]
+    return {"image": [{"bytes": r[0], "path": None} if r else None for r in results],
+            "label": [r[1] if r else -1 for r in results],
+            "source_ref": [r[2] if r else "" for r in results],
+            "hash": [r[3] if r else "" for r in results]}
+
+
+def run_datasets_map(root: str, out: str) -> int:
+    import datasets
+
+    datasets.disable_progress_bars()
+    table = datasets.Dataset.from_dict({"path": _list_pngs(root)})
+    mapped = table.map(_map_batch, fn_kwargs={"root": root}, batched=True, batch_size=1000, num_proc=2,
+                       remove_columns=["path"])
+    seen: set[str] = set()
+    keep = [i for i, h in enumerate(mapped["hash"]) if h and not (h in seen or seen.add(h))]
+    kept = mapped.select(keep).remove_columns(["hash"])
+    kept.to_parquet(os.path.join(out, "train.parquet"))
+    return len(kept)
+
+
+def run_datakiln(root: str, out: str) -> int:
+    sys.path.insert(0, ROOT)
+    from cluster.runtime import configure_data_context, connect
+    from pipeline.run import run
+    from pipeline.spec import build_spec
+
+    connect(temp_dir=os.path.join(out, "ray"))
+    configure_data_context()
+    spec = build_spec({"name": "bench", "run_root": f"{out}/runs", "source": {"format": "images", "path": root},
+                       "synthesize": {"enabled": False}, "evaluate": {"enabled": False},
+                       "publish": {"to": f"{out}/dataset"}}, origin="benchmark")
+    began = time.perf_counter()
+    report = run(spec)
+    _report(began, report.lineage["rows"]["rows_out"])
+    return -1
+
+
+def _report(began: float, rows: int) -> None:
+    print(json.dumps({"seconds": time.perf_counter() - began, "rows": rows}), flush=True)
+
+
+def _child(contender: str, root: str, out: str) -> None:
+    os.makedirs(out, exist_ok=True)
+    began = time.perf_counter()
+    rows = {"single": run_single, "datasets_map": run_datasets_map, "datakiln": run_datakiln}[contender](root, out)
+    if rows >= 0:
+        _report(began, rows)
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        stack.extend(children.get(current, []))
+    return found
+
+
+def measure(contender: str, root: str, work: str) -> dict:
+    """Run one contender in a child process; its timing line plus the peak PSS of its tree."""
+    out = os.path.join(work, contender)
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "RAY_DATA_LOG_LEVEL": "WARNING", "HF_DATASETS_OFFLINE": "1"}
+    child = subprocess.Popen([sys.executable, __file__, "--child", contender, "--root", root, "--out", out],
+                             stdout=subprocess.PIPE, text=True, env=env)
+    peak, done = 0, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, sum(_pss_kib(p) for p in _descendants(child.pid)))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    lines = child.stdout.read().splitlines()
+    child.wait()
+    done.set()
+    sampler.join()
+    if child.returncode:
+        raise SystemExit(f"{contender} failed with exit {child.returncode}")
+    result = json.loads([line for line in lines if line.startswith('{"seconds"')][-1])
+    result.update(images_per_s=result["rows"] / result["seconds"], peak_pss_mib=peak / 1024)
+    shutil.rmtree(out, ignore_errors=True)
+    print(f"{contender:>13}: {result['rows']} rows in {result['seconds']:.1f} s = {result['images_per_s']:,.0f} "
+          f"images/s, peak PSS {result['peak_pss_mib']:,.0f} MiB", flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=100_000)
+    parser.add_argument("--memory-scale", type=int, default=0, help="also run datakiln on this many times the images")
+    parser.add_argument("--contenders", default="single,datasets_map,datakiln")
+    parser.add_argument("--keep", help="folder for the generated inputs (reused across runs)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--root", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args.child, args.root, args.out)
+        return
+    work = args.keep or tempfile.mkdtemp(prefix="datakiln-bench-")
+    root = os.path.join(work, f"pngs-{args.images}")
+    began = time.perf_counter()
+    make_input(root, args.images)
+    print(f"input: {args.images} PNG files under {root} ({time.perf_counter() - began:.0f} s to make)", flush=True)
+    results = {name: measure(name, root, work) for name in args.contenders.split(",")}
+    figures: dict = {"images": args.images, "cpus": os.cpu_count()}
+    for name, result in results.items():
+        figures[f"{name}_images_per_s"] = round(result["images_per_s"], 1)
+        figures[f"{name}_peak_pss_mib"] = round(result["peak_pss_mib"], 1)
+    if "single" in results and "datakiln" in results:
+        figures["speedup_vs_single"] = round(results["datakiln"]["images_per_s"] / results["single"]["images_per_s"], 3)
+    if "datasets_map" in results and "datakiln" in results:
+        figures["speedup_vs_datasets_map"] = round(
+            results["datakiln"]["images_per_s"] / results["datasets_map"]["images_per_s"], 3)
+    if args.memory_scale:
+        big = os.path.join(work, f"pngs-{args.images * args.memory_scale}")
+        make_input(big, args.images * args.memory_scale)
+        large = measure("datakiln", big, work)
+        figures[f"datakiln_{args.memory_scale}x_images_per_s"] = round(large["images_per_s"], 1)
+        figures[f"datakiln_{args.memory_scale}x_peak_pss_mib"] = round(large["peak_pss_mib"], 1)
+        figures["memory_ratio_at_scale"] = round(large["peak_pss_mib"] / results["datakiln"]["peak_pss_mib"], 3)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""The bad-input corpus: every kind of broken input either stops the run with one line that
+names the file, row or key (exit status 2, no traceback) or becomes counted rejects with a
+reason, and the row accounting holds (rows in = rows out + rows rejected)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from pipeline.cli import main
+from tests.conftest import blob_images, png_bytes, write_idx
+
+pytestmark = pytest.mark.integration
+
+
+def _run(tmp_path, source: dict, *overrides: str) -> int:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(json.dumps({"name": "bad", "run_root": str(tmp_path / "runs"), "source": source,
+                                "synthesize": {"enabled": False}, "publish": {"to": str(tmp_path / "out")}}))
+    return main(["run", str(spec), *(a for o in overrides for a in ("--set", o))])
+
+
+def _one_line_error(capsys, status: int) -> str:
+    assert status == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("datakiln: error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def _idx(tmp_path, **kwargs) -> dict:
+    images, labels = blob_images(8)
+    image_path, label_path = write_idx(tmp_path, images, labels, **kwargs)
+    return {"format": "idx", "path": str(image_path), "labels": str(label_path)}
+
+
+def _text_file(tmp_path, name: str, content: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(content)
+    return str(path)
+
+
+ERRORS = {
+    "wrong IDX magic": (lambda t: _idx(t, image_magic=0x802), "images-idx3-ubyte.gz: wrong IDX magic number 0x00000802"),
+    "label count mismatch": (lambda t: _idx(t, label_count=5),
+                             "labels-idx1-ubyte.gz: label count 5 differs from image count 8"),
+    "missing path": (lambda t: {"format": "images", "path": str(t / "nowhere")},
+                     "nowhere: image folder: no such file or directory"),
+    "empty image folder": (lambda t: os.makedirs(t / "empty") or {"format": "images", "path": str(t / "empty")},
+                           "empty: image folder: no files found"),
+    "empty CSV file": (lambda t: {"format": "csv", "path": _text_file(t, "empty.csv", b"")},
+                       "empty.csv: cannot read csv after row 0: Empty CSV file"),
+    "CSV with a header only": (lambda t: {"format": "csv", "path": _text_file(t, "header.csv", b"a,label\n")},
+                               "header.csv: the source is empty"),
+    "non-UTF-8 CSV": (lambda t: {"format": "csv", "path": _text_file(t, "latin.csv", "city,label\nM\xfcnchen,a\n".encode("latin1"))},
+                      "set source.encoding (e.g. latin1)"),
+    "label column missing": (lambda t: {"format": "csv", "path": _text_file(t, "nolabel.csv", b"a,b\n1,2\n")},
+                             "annotate.label_column: no column 'label'"),
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_input_that_cannot_run_stops_with_one_line(tmp_path, capsys, case):
+    make, message = ERRORS[case]
+    err = _one_line_error(capsys, _run(tmp_path, make(tmp_path)))
+    assert message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def _lineage(tmp_path) -> dict:
+    lineage = json.loads((tmp_path / "out" / "lineage.json").read_text())
+    rows = lineage["rows"]
+    assert rows["rows_in"] == rows["rows_out"] + rows["rows_rejected"]
+    return lineage
+
+
+def test_broken_files_in_an_image_folder_become_counted_rejects(tmp_path):
+    root = tmp_path / "images"
+    images, labels = blob_images(20, size=12)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (root / str(label)).mkdir(parents=True, exist_ok=True)
+        (root / str(label) / f"{i}.png").write_bytes(png_bytes(image))
+    good = png_bytes(images[0])
+    (root / "0" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (root / "0" / "zero.png").write_bytes(b"")
+    (root / "1" / "notes.txt").write_text("not an image")
+    (root / "1" / "gone.png").symlink_to(tmp_path / "deleted.png")  # unreadable: a broken link
+    assert _run(tmp_path, {"format": "images", "path": str(root)}, "preprocess.max_reject_fraction=0.5") == 0
+    lineage = _lineage(tmp_path)
+    assert lineage["rows"]["rows_in"] == 24 and lineage["rows"]["rows_out"] == 20
+    assert lineage["rows"]["rejected_by_reason"] == {"decode: undecodable image": 2, "decode: empty file": 1,
+                                                     "read: not a regular file": 1}
+
+
+def test_bad_values_in_a_csv_become_counted_rejects(tmp_path):
+    rows = ["age,income,label"] + [f"{20 + i},{1000 + 10 * i},{'a' if i % 2 else 'b'}" for i in range(40)]
+    rows += ["30,NaN,a", "31,inf,b", "32,-inf,a", "thirty,1000,a", "33,12k,b", "34,1000,"]
+    path = _text_file(tmp_path, "people.csv", ("\n".join(rows) + "\n").encode())
+    assert _run(tmp_path, {"format": "csv", "path": path}, "preprocess.max_reject_fraction=0.5") == 0
+    lineage = _lineage(tmp_path)
+    assert lineage["rows"]["rows_in"] == 46 and lineage["rows"]["rows_out"] == 40
+    assert lineage["rows"]["rejected_by_reason"] == {"clean: non-finite number": 3, "clean: not a number": 2,
+                                                     "annotate: missing label": 1}
+    assert lineage["column_kinds"]["age"] == "numeric" and lineage["column_kinds"]["income"] == "numeric"
+
+
+def test_a_latin1_csv_runs_once_its_encoding_is_set(tmp_path):
+    rows = ["city,size,label"] + [f"{'München' if i % 2 else 'Köln'},{i},{i % 2}" for i in range(30)]
+    path = _text_file(tmp_path, "cities.csv", ("\n".join(rows) + "\n").encode("latin1"))
+    assert _run(tmp_path, {"format": "csv", "path": path, "encoding": "latin1"}) == 0
+    lineage = _lineage(tmp_path)
+    assert lineage["rows"]["rows_in"] == 30

@@ -1,0 +1,88 @@
+"""The collect + preprocess stage is materialised once and reused by reruns with the same
+inputs; `--fresh` and changed inputs recompute it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline import build_spec, run
+from pipeline.cli import main
+from pipeline.errors import GateError
+from tests.conftest import blob_images, load_published, png_bytes
+
+pytestmark = pytest.mark.integration
+
+
+def _folder(root, count: int = 40) -> None:
+    images, labels = blob_images(count, size=12)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (root / str(label)).mkdir(parents=True, exist_ok=True)
+        (root / str(label) / f"{i:03d}.png").write_bytes(png_bytes(image))
+    (root / "0" / "broken.png").write_bytes(b"not a png")
+
+
+def _spec(tmp_path, out: str, **preprocess):
+    return build_spec({"name": "staged", "run_root": str(tmp_path / "runs"),
+                       "source": {"format": "images", "path": str(tmp_path / "images")},
+                       "preprocess": preprocess, "synthesize": {"enabled": False},
+                       "publish": {"to": str(tmp_path / out)}})
+
+
+def test_a_rerun_after_a_later_failure_reuses_the_stage(tmp_path, capsys):
+    _folder(tmp_path / "images")
+    with pytest.raises(GateError, match="max_reject_fraction"):  # fails after the stage is written
+        run(_spec(tmp_path, "a", max_reject_fraction=0.0))
+    assert "reusing the stage" not in capsys.readouterr().out
+
+    report = run(_spec(tmp_path, "a"))
+    assert report.lineage["stage"]["reused"] and "reusing the stage" in capsys.readouterr().out
+    assert report.lineage["rows"] == {**report.lineage["rows"], "rows_in": 41, "rows_rejected": 1, "rows_out": 40}
+
+    # a different later setting (here the target) shares the stage and gives the same shards
+    again = run(_spec(tmp_path, "b"))
+    assert again.lineage["stage"] == report.lineage["stage"]
+    for split in ("train", "test"):
+        shard = f"data/{split}-00000-of-00001.parquet"
+        assert (tmp_path / "a" / shard).read_bytes() == (tmp_path / "b" / shard).read_bytes()
+
+
+def test_fresh_and_changed_inputs_recompute_the_stage(tmp_path, capsys):
+    _folder(tmp_path / "images")
+    first = run(_spec(tmp_path, "a"))
+    assert not first.lineage["stage"]["reused"]
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(json.dumps(_spec(tmp_path, "a").model_dump(mode="json")))
+    assert main(["run", str(spec), "--fresh"]) == 0
+    assert "reusing the stage" not in capsys.readouterr().out
+
+    images, _ = blob_images(1, size=12, seed=7)
+    (tmp_path / "images" / "1" / "new.png").write_bytes(png_bytes(images[0]))  # the input changed
+    changed = run(_spec(tmp_path, "a"))
+    assert not changed.lineage["stage"]["reused"] and changed.lineage["stage"]["key"] != first.lineage["stage"]["key"]
+    assert changed.lineage["rows"]["rows_in"] == 42
+
+
+def test_near_duplicates_are_dropped_deterministically_with_examples(tmp_path):
+    root = tmp_path / "images"
+    noise = np.random.default_rng(0).integers(0, 256, size=(30, 12, 12), dtype=np.uint8)
+    for i, image in enumerate(noise):
+        (root / str(i % 2)).mkdir(parents=True, exist_ok=True)
+        (root / str(i % 2) / f"{i:03d}.png").write_bytes(png_bytes(image))
+    brighter = np.clip(noise[5].astype(np.int16) + 10, 0, 255).astype(np.uint8)
+    (root / "1" / "zz-brighter-copy.png").write_bytes(png_bytes(brighter))
+    ops = [{"op": "decode"}, {"op": "dedup"}, {"op": "near_dedup", "distance": 4}]
+    report = run(_spec(tmp_path, "a", ops=ops))
+    near = report.lineage["duplicates"]["near_dedup"]
+    assert near["marked"] == 1 and report.lineage["rows"]["rows_out"] == 30
+    (example,) = near["examples"]
+    assert example["kept"].endswith("/1/005.png") and example["dropped"].endswith("/1/zz-brighter-copy.png")
+    assert example["distance"] <= 4
+    assert (tmp_path / "a" / "near_duplicates.png").stat().st_size > 1000
+    rejects = load_published("parquet", data_files=f"{report.run_dir}/rejects/*.parquet", tmp_path=tmp_path)["train"]
+    assert [r["reason"].split(" (")[0] for r in rejects] == [f"near_dedup: near duplicate of {example['kept']}"]
+    again = run(_spec(tmp_path, "b", ops=ops))
+    assert again.lineage["duplicates"] == report.lineage["duplicates"]
