@@ -160,7 +160,7 @@ def run_datasets_map(root: str, out: str) -> int:
 def run_datakiln(root: str, out: str) -> int:
     sys.path.insert(0, ROOT)
     from cluster.runtime import configure_data_context, connect
-    from pipeline.run import run
+    from pipeline.runner import run
     from pipeline.spec import build_spec
 
     connect(temp_dir=os.path.join(out, "ray"))

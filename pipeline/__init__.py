@@ -10,11 +10,11 @@ from pipeline.errors import DatakilnError
 from pipeline.spec import Spec, build_spec, load_spec
 
 
-def run(spec, address=None):
-    """Run `spec` (see `pipeline.run.run`); imported lazily so `import pipeline` stays light."""
-    from pipeline.run import run as _run
+def run(spec, address=None, fresh=False):
+    """Run `spec` (see `pipeline.runner.run`); imported lazily so `import pipeline` stays light."""
+    from pipeline.runner import run as _run
 
-    return _run(spec, address=address)
+    return _run(spec, address=address, fresh=fresh)
 
 
 __all__ = ["DatakilnError", "Spec", "build_spec", "load_spec", "run"]

@@ -69,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--inception-weights", help="local FID Inception-v3 weights file: adds fid_inception")
     evaluate.add_argument("--address")
 
+    annotate = commands.add_parser("annotate", help="the human review round trip (Label Studio)")
+    annotate_commands = annotate.add_subparsers(dest="annotate_command", required=True)
+    merge = annotate_commands.add_parser(
+        "import", help="merge a Label Studio JSON export into the spec's human labels (the next run uses them)")
+    merge.add_argument("run", help="the run directory whose review/tasks.json was labelled")
+    merge.add_argument("export", help="the Label Studio JSON export")
+
     demo = commands.add_parser("demo", help="the whole flow on scikit-learn's bundled digits")
     demo.add_argument("--out", default="./out/digits-demo", help="where to publish (any fsspec URL)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
@@ -138,10 +145,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "evaluate":
         return _evaluate(args)
+    if args.command == "annotate":
+        from pipeline.annotate import import_review
+
+        count, path = import_review(args.run, args.export)
+        print(f"{count} human labels merged into {path}; the next run of the spec uses them")
+        return 0
     if _synthesizes(args):
         # torch's MKL loader needs static TLS that late loads (after pyarrow, Ray) may not find.
         import torch  # noqa: F401
-    from pipeline.run import run
+    from pipeline.runner import run
 
     if args.command == "demo":
         spec = load_spec(_demo_spec_path(), [f"publish.to={args.out}", *args.overrides])

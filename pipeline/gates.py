@@ -22,7 +22,9 @@ TABLE_METRICS = (
     "exact_copies",
 )
 """Always in a table run's `metrics.json`."""
-GATE_METRICS = tuple(dict.fromkeys(IMAGE_METRICS + ("fid_inception",) + TABLE_METRICS))
+LABEL_METRICS = ("label_issues_flagged", "label_noise_estimate")
+"""In `metrics.json` when `annotate.label_quality` is on (any run, synthesis or not)."""
+GATE_METRICS = tuple(dict.fromkeys(IMAGE_METRICS + ("fid_inception",) + TABLE_METRICS + LABEL_METRICS))
 _OPERATORS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt,
               "<": operator.lt}
 _CONDITION = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")

@@ -151,3 +151,23 @@ def duplicate_pairs(kept: np.ndarray, dropped: np.ndarray, distances: list[int],
     axes[1, 0].text(-0.2, 0.5, "dropped", transform=axes[1, 0].transAxes, ha="right", va="center", fontsize=8)
     figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
+
+
+def label_issues(images: np.ndarray, given: list[str], suggested: list[str], path: str, per_row: int = 8) -> None:
+    """Flagged examples: each titled `given → suggested`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = max(1, -(-len(images) // per_row))
+    figure, axes = plt.subplots(rows, per_row, figsize=(per_row * 1.0, rows * 1.15), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, old, new in zip(axes.flat, images, given, suggested):
+        grey = image.shape[2] == 1
+        axis.imshow(image[:, :, 0] if grey else image, cmap="gray" if grey else None, vmin=0, vmax=255)
+        axis.set_title(f"{old} → {new}", fontsize=7)
+    figure.suptitle("likely mislabelled: given → suggested", fontsize=9)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)

@@ -25,36 +25,40 @@ from PIL import Image
 from pipeline import io as dkio
 
 
-def image_schema(class_names: list[str]) -> pa.Schema:
+def annotation_fields(class_names: list[str], label_quality: bool) -> list[tuple[str, pa.DataType, dict[str, Any]]]:
+    """The label provenance columns every published row carries: (name, Arrow type, HF feature)."""
+    fields = [("label_source", pa.string(), {"dtype": "string", "_type": "Value"}),
+              ("label_confidence", pa.float32(), {"dtype": "float32", "_type": "Value"})]
+    if label_quality:
+        fields += [("label_issue", pa.bool_(), {"dtype": "bool", "_type": "Value"}),
+                   ("suggested_label", pa.int64(), {"names": list(class_names), "_type": "ClassLabel"})]
+    return fields
+
+
+def image_schema(class_names: list[str], label_quality: bool = False) -> pa.Schema:
     """Arrow schema of a published shard, with the HF features in its metadata."""
-    features = {
-        "image": {"_type": "Image"},
-        "label": {"names": list(class_names), "_type": "ClassLabel"},
-        "label_source": {"dtype": "string", "_type": "Value"},
-        "origin": {"dtype": "string", "_type": "Value"},
-        "source_ref": {"dtype": "string", "_type": "Value"},
-        "generator": {"dtype": "string", "_type": "Value"},
-    }
-    return pa.schema(
-        [
-            ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
-            ("label", pa.int64()),
-            ("label_source", pa.string()),
-            ("origin", pa.string()),
-            ("source_ref", pa.string()),
-            ("generator", pa.string()),
-        ],
-        metadata={"huggingface": json.dumps({"info": {"features": features}})},
-    )
+    fields = [("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())]), {"_type": "Image"}),
+              ("label", pa.int64(), {"names": list(class_names), "_type": "ClassLabel"}),
+              *annotation_fields(class_names, label_quality),
+              *((name, pa.string(), {"dtype": "string", "_type": "Value"})
+                for name in ("origin", "source_ref", "generator"))]
+    features = {name: feature for name, _, feature in fields}
+    return pa.schema([(name, arrow_type) for name, arrow_type, _ in fields],
+                     metadata={"huggingface": json.dumps({"info": {"features": features}})})
 
 
-def _features_yaml(class_names: list[str]) -> list[dict[str, Any]]:
-    strings = ("label_source", "origin", "source_ref", "generator")
-    return [
-        {"name": "image", "dtype": "image"},
-        {"name": "label", "dtype": {"class_label": {"names": {str(i): n for i, n in enumerate(class_names)}}}},
-        *({"name": name, "dtype": "string"} for name in strings),
-    ]
+def features_yaml(schema: pa.Schema) -> list[dict[str, Any]]:
+    """The card's `dataset_info.features`, from the HF features in the schema's metadata."""
+    features = json.loads(schema.metadata[b"huggingface"])["info"]["features"]
+    rows = []
+    for name, feature in features.items():
+        if feature["_type"] == "Image":
+            rows.append({"name": name, "dtype": "image"})
+        elif feature["_type"] == "ClassLabel":
+            rows.append({"name": name, "dtype": {"class_label": {"names": dict(enumerate(feature["names"]))}}})
+        else:
+            rows.append({"name": name, "dtype": feature["dtype"]})
+    return rows
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -75,6 +79,7 @@ def _write_shard(batch: dict[str, np.ndarray], folder: dkio.Location, split: str
         # An all-null column arrives as float NaN from Ray's numpy batches: keep only strings.
         **{name: [v if isinstance(v, str) else None for v in batch[name]] for name in strings},
     }
+    columns.update({name: [None] * count for name in schema.names if name not in columns})  # e.g. label_confidence
     table = pa.Table.from_pydict(columns, schema=schema)
     name = f"part-{split}-{hashlib.blake2b(first_key.encode(), digest_size=8).hexdigest()}.parquet"
     target = folder.join(name)
@@ -110,20 +115,51 @@ class Card:
     class_names: list[str]
     split_rows: dict[str, int]
     synthetic_rows: int
+    schema: pa.Schema
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     near_duplicate_pairs: int = 0
+    annotation: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     lineage_summary: dict[str, Any] = field(default_factory=dict)
+
+
+ANNOTATIONS_CREATORS = {"given": "found", "rule": "machine-generated", "model": "machine-generated",
+                        "human": "expert-generated"}
+"""Hugging Face's `annotations_creators` vocabulary for each `label_source`."""
+
+
+def annotations_creators(annotation: dict[str, Any]) -> list[str]:
+    return list(dict.fromkeys(ANNOTATIONS_CREATORS[s] for s in annotation.get("label_sources", {"given": 1})))
+
+
+def annotation_lines(annotation: dict[str, Any], review_hint: str, plot: bool = True) -> list[str]:
+    """The card's "Labels" section: where labels came from, pseudo-labels, label quality."""
+    lines = ["## Labels", "", "| label_source | rows |", "| --- | --- |",
+             *(f"| {s} | {n} |" for s, n in annotation.get("label_sources", {}).items()), ""]
+    pseudo = annotation.get("pseudo_labels")
+    if pseudo:
+        lines += [f"The model labeler gave {pseudo['labelled']} of {pseudo['unlabelled']} unlabelled rows a label "
+                  f"(predicted probability ≥ {pseudo['min_confidence']}, in `label_confidence`); "
+                  f"{pseudo['to_review']} went to review ({review_hint}).", ""]
+    quality = annotation.get("label_quality")
+    if quality:
+        lines += [f"Label quality (confident learning on out-of-fold probabilities): {quality['flagged']} of "
+                  f"{quality['scored']} rows flagged as likely mislabelled (`label_issue`, with `suggested_label`); "
+                  f"estimated label noise {quality['noise_estimate']:.2%}; action `{quality['action']}`.", ""]
+        if plot and quality["flagged_rows"]:
+            lines += ["![likely mislabelled](label_issues.png)", ""]
+    return lines
 
 
 def render_card(card: Card) -> str:
     configs = [{"config_name": "default", "data_files": [
         {"split": s, "path": f"data/{s}-*.parquet"} for s, n in card.split_rows.items() if n]}]
-    infos = [{"config_name": "default", "features": _features_yaml(card.class_names)}]
+    infos = [{"config_name": "default", "features": features_yaml(card.schema)}]
     if card.synthetic_rows:
         configs.append({"config_name": "synthetic", "data_files": [{"split": "train", "path": "synthetic/train-*.parquet"}]})
-        infos.append({"config_name": "synthetic", "features": _features_yaml(card.class_names)})
+        infos.append({"config_name": "synthetic", "features": features_yaml(card.schema)})
     header = yaml.safe_dump({"configs": configs, "dataset_info": infos, "task_categories": ["image-classification"],
+                             "annotations_creators": annotations_creators(card.annotation),
                              "tags": ["datakiln", "synthetic"]}, sort_keys=False)
     lines = [
         "---", header.rstrip(), "---", "", f"# {card.name}", "",
@@ -145,6 +181,8 @@ def render_card(card: Card) -> str:
         lines += ["Near duplicates dropped (kept image left, dropped image right; Hamming distance of the",
                   "perceptual hashes above each pair); the full list is in `lineage.json` and the run's rejects:",
                   "", "![near duplicates](near_duplicates.png)", ""]
+    if card.annotation:
+        lines += annotation_lines(card.annotation, "exported as Label Studio tasks to the run directory's `review/`")
     if card.metrics:
         lines += ["## Quality of the synthetic data", "", *READING_GUIDE, "",
                   "| metric | synthetic | floor (real train vs real test) |", "| --- | --- | --- |",

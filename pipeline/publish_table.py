@@ -16,8 +16,10 @@ import pyarrow.parquet as pq
 import yaml
 
 from pipeline import io as dkio
+from pipeline.publish import annotation_fields, annotation_lines, annotations_creators, features_yaml
 
 PROVENANCE = ("origin", "generator", "source_ref")
+LABEL_COLUMNS = ("label_source", "label_confidence", "label_issue", "suggested_label")
 READING_GUIDE_TABLE = [
     "How to read these numbers. **Fidelity**: `column_shapes` (1 − KS distance for numbers, 1 − total",
     "variation for categories) and `column_pair_trends` (correlation and contingency similarity) are",
@@ -35,8 +37,10 @@ def _feature(arrow_type: pa.DataType) -> dict[str, Any]:
     return {"dtype": "string" if pa.types.is_string(arrow_type) else str(arrow_type), "_type": "Value"}
 
 
-def table_schema(types: dict[str, pa.DataType], target: str, class_names: list[str]) -> pa.Schema:
-    """Arrow schema of a published shard (columns in source order, then provenance)."""
+def table_schema(types: dict[str, pa.DataType], target: str, class_names: list[str],
+                 label_quality: bool = False) -> pa.Schema:
+    """Arrow schema of a published shard (columns in source order, label provenance, then
+    row provenance)."""
     fields, features = [], {}
     for name, arrow_type in types.items():
         if name == target:
@@ -45,20 +49,13 @@ def table_schema(types: dict[str, pa.DataType], target: str, class_names: list[s
         else:
             fields.append((name, arrow_type))
             features[name] = _feature(arrow_type)
+    for name, arrow_type, feature in annotation_fields(class_names, label_quality):
+        fields.append((name, arrow_type))
+        features[name] = feature
     for name in PROVENANCE:
         fields.append((name, pa.string()))
         features[name] = {"dtype": "string", "_type": "Value"}
     return pa.schema(fields, metadata={"huggingface": json.dumps({"info": {"features": features}})})
-
-
-def _features_yaml(schema: pa.Schema, target: str, class_names: list[str]) -> list[dict[str, Any]]:
-    rows = []
-    for item in schema:
-        if item.name == target:
-            rows.append({"name": item.name, "dtype": {"class_label": {"names": {str(i): n for i, n in enumerate(class_names)}}}})
-        else:
-            rows.append({"name": item.name, "dtype": _feature(item.type)["dtype"]})
-    return rows
 
 
 def write_table_split(table: pa.Table, folder: dkio.Location, split: str, schema: pa.Schema, rows_per_shard: int) -> int:
@@ -66,6 +63,10 @@ def write_table_split(table: pa.Table, folder: dkio.Location, split: str, schema
     if table.num_rows == 0:
         return 0
     folder.fs.makedirs(folder.path, exist_ok=True)
+    for item in schema:  # e.g. label_confidence of generated rows
+        if item.name not in table.column_names:
+            table = table.append_column(item.name, pa.nulls(table.num_rows, item.type))
+    table = table.select(schema.names)
     shards = max(1, math.ceil(table.num_rows / rows_per_shard))
     for index in range(shards):
         part = table.slice(index * rows_per_shard, rows_per_shard).cast(schema)
@@ -76,8 +77,8 @@ def write_table_split(table: pa.Table, folder: dkio.Location, split: str, schema
 
 def render_table_card(name: str, schema: pa.Schema, target: str, class_names: list[str], split_rows: dict[str, int],
                       synthetic_rows: int, rejected_by_reason: dict[str, int], metrics: dict[str, Any],
-                      lineage_summary: dict[str, Any]) -> str:
-    features = _features_yaml(schema, target, class_names)
+                      annotation: dict[str, Any], lineage_summary: dict[str, Any]) -> str:
+    features = features_yaml(schema)
     configs = [{"config_name": "default", "data_files": [
         {"split": s, "path": f"data/{s}-*.parquet"} for s, n in split_rows.items() if n]}]
     infos = [{"config_name": "default", "features": features}]
@@ -85,6 +86,7 @@ def render_table_card(name: str, schema: pa.Schema, target: str, class_names: li
         configs.append({"config_name": "synthetic", "data_files": [{"split": "train", "path": "synthetic/train-*.parquet"}]})
         infos.append({"config_name": "synthetic", "features": features})
     header = yaml.safe_dump({"configs": configs, "dataset_info": infos, "task_categories": ["tabular-classification"],
+                             "annotations_creators": annotations_creators(annotation),
                              "tags": ["datakiln", "synthetic", "tabular"]}, sort_keys=False)
     lines = [
         "---", header.rstrip(), "---", "", f"# {name}", "",
@@ -102,6 +104,8 @@ def render_table_card(name: str, schema: pa.Schema, target: str, class_names: li
     if rejected_by_reason:
         lines += ["## Rejected records", "", "| reason | rows |", "| --- | --- |",
                   *(f"| {r} | {n} |" for r, n in sorted(rejected_by_reason.items())), ""]
+    lines += annotation_lines(annotation, "exported as Label Studio tasks to the run directory's `review/`",
+                              plot=False)
     if metrics:
         lines += ["## Quality of the synthetic data", "", *READING_GUIDE_TABLE, "", "| metric | value |", "| --- | --- |",
                   *(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"

@@ -71,12 +71,68 @@ class PreprocessSpec(_Section):
         return None if ops is None else [registry.validate_params(i, op) for i, op in enumerate(ops)]
 
 
+class RuleSpec(_Section):
+    """One labelling function over table columns: when `column` `op` `value`, vote `label`."""
+
+    column: str
+    op: Literal["==", "!=", "<", "<=", ">", ">=", "in", "contains", "matches"]
+    value: Any
+    label: str
+    weight: float = Field(default=1.0, gt=0)
+
+
+class LabelerSpec(_Section):
+    """One labeler; the labelers run in order and each labels only rows still unlabelled."""
+
+    type: Literal["column", "path", "rules", "model"]
+    pattern: str | None = None
+    """`path`: a regex searched in each row's source path; its `label` group (or first group) is the class."""
+    rules: list[RuleSpec] = Field(default_factory=list)
+    """`rules`: labelling functions (tables); a row where none fires is left unlabelled."""
+    vote: Literal["majority", "weighted"] = "majority"
+    """`rules`: how firing rules combine (majority: one vote each; weighted: `weight` each);
+    the winner's share of the votes is the label confidence, ties abstain."""
+    min_confidence: float = Field(default=0.95, gt=0, le=1)
+    """`model`: pseudo-labels below this predicted probability go to the review queue."""
+    epochs: int = Field(default=5, ge=1)
+    """`model`: epochs of the fixed classifier (images) trained on the labelled rows."""
+
+    @model_validator(mode="after")
+    def _check_fields(self) -> LabelerSpec:
+        if self.type == "path":
+            if not self.pattern:
+                raise ValueError("a path labeler needs a pattern (a regex with a group for the class)")
+            try:
+                if re.compile(self.pattern).groups < 1:
+                    raise ValueError(f"pattern {self.pattern!r} has no group: put the class in (...)")
+            except re.error as err:
+                raise ValueError(f"pattern {self.pattern!r} is not a regex: {err}") from None
+        if self.type == "rules" and not self.rules:
+            raise ValueError("a rules labeler needs at least one rule")
+        return self
+
+
+class LabelQualitySpec(_Section):
+    action: Literal["keep", "drop", "relabel"] = "keep"
+    """What to do with rows flagged as likely mislabelled: keep them (flagged in
+    `label_issue`), drop them to rejects, or relabel them with `suggested_label`."""
+    folds: int = Field(default=4, ge=2, le=20)
+    """Cross-validation folds for the out-of-fold predicted probabilities."""
+    epochs: int = Field(default=5, ge=1)
+    """Epochs of the fixed classifier per fold (images)."""
+
+
 class AnnotateSpec(_Section):
     label_column: str = "label"
     """Column holding the given labels (`idx`: from the labels file; `images`: the class folder)."""
     class_names: list[str] | None = None
     """Names for label ids 0..K-1 (integer labels) or the label values in order (string labels).
     Default: the sorted distinct labels found in the data."""
+    labelers: list[LabelerSpec] = Field(default_factory=lambda: [LabelerSpec(type="column")])
+    """In order; each labels only the rows still unlabelled. Human labels imported with
+    `datakiln annotate import` override them all. Rows left unlabelled are rejected."""
+    label_quality: LabelQualitySpec | None = None
+    """Confident learning on out-of-fold probabilities: flag likely mislabelled rows."""
 
 
 class SplitSpec(_Section):

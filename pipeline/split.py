@@ -1,6 +1,7 @@
 """Seeded, exactly stratified train/test split, decided on narrow keys.
 
-Each row gets a key u = hash(seed, source_ref) in [0, 1). Per class, the rows with the
+Each row's `source_ref` is hashed once, where the row is read (`ref_hashes`, 8 bytes a
+row); the split key u = mix(ref hash, seed). Per class, the rows with the
 `round(n_c * test_fraction)` smallest keys form the test split. The result depends on the
 rows' source references only: neither on their order, nor on blocks or cluster size.
 """
@@ -12,16 +13,26 @@ import hashlib
 import numpy as np
 
 
-def split_keys(refs: list[str], seed: int) -> np.ndarray:
-    salt = str(seed).encode()
-    return np.array([int.from_bytes(hashlib.blake2b(r.encode(), digest_size=8, key=salt).digest(), "big")
-                     for r in refs], dtype=np.uint64)
+def ref_hashes(refs) -> np.ndarray:
+    """A 64-bit hash of each source reference (unseeded: computed once per row)."""
+    return np.array([int.from_bytes(hashlib.blake2b(str(r).encode(), digest_size=8).digest(), "big") for r in refs],
+                    dtype=np.uint64)
 
 
-def in_test_split(refs: list[str], labels: np.ndarray, live: np.ndarray, seed: int, test_fraction: float) -> np.ndarray:
-    """A boolean per row: True for the live rows that go to the test split."""
+def _mix(values: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a bijective scramble of 64-bit integers."""
+    with np.errstate(over="ignore"):
+        z = values + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def in_test_split(hashes: np.ndarray, labels: np.ndarray, live: np.ndarray, seed: int,
+                  test_fraction: float) -> np.ndarray:
+    """A boolean per row: True for the live rows that go to the test split (`hashes` from `ref_hashes`)."""
     rows = np.flatnonzero(live)
-    keys = split_keys([refs[i] for i in rows], seed)
+    keys = _mix(np.asarray(hashes, dtype=np.uint64)[rows] ^ _mix(np.array([seed], dtype=np.uint64))[0])
     order = np.lexsort((keys, labels[rows]))
     sorted_labels = labels[rows][order]
     starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])

@@ -3,7 +3,7 @@
 One streaming pass over the source runs the fused row operators on each block, writes the
 block to Parquet under `<run_root>/<name>/stages/<key>/` (pixels as raw uint8, so no image
 is encoded twice: PNG happens once, at publish) and returns only the block's narrow keys
-(source reference, content hash, perceptual hash, raw label, reject reason). Decisions
+(source reference and its hash, content hash, perceptual hash, raw label, reject reason). Decisions
 that need every row (dedup, labels, split) are then made on those keys.
 
 The key hashes everything the stage depends on: the source section of the spec, the row
@@ -34,6 +34,7 @@ from pipeline.ops.base import REJECT_REASON
 from pipeline.ops.dedup import perceptual_hashes
 from pipeline.sources import Collected
 from pipeline.spec import Spec
+from pipeline.split import ref_hashes
 
 SPLIT_CODES = {"train": 1, "test": 2}
 """Per-row split codes of the curated rows (0 = rejected)."""
@@ -52,7 +53,7 @@ class Stage:
     reused: bool
 
     def split(self, codes: np.ndarray, labels: np.ndarray, split: str) -> ray.data.Dataset:
-        """The rows whose code is `split`'s, as image arrays with their label ids and provenance."""
+        """The rows whose code is `split`'s, as image arrays with their label ids and `source_ref`."""
         offsets = np.cumsum([0] + [p["rows"] for p in self.parts])[:-1]
         items = [{"file": p["file"], "offset": int(o)} for p, o in zip(self.parts, offsets)]
         return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
@@ -60,7 +61,7 @@ class Stage:
             fn_kwargs={"folder": self.folder, "codes": codes, "labels": labels, "want": SPLIT_CODES[split],
                        "shape": (self.shape.height, self.shape.width, self.shape.channels)})
 
-    def publish(self, codes: np.ndarray, labels: np.ndarray, folder: io.Location, schema: pa.Schema,
+    def publish(self, codes: np.ndarray, annotation, folder: io.Location, schema: pa.Schema,
                 rows_per_shard: int) -> dict[str, int]:
         """Write the curated rows of every split as HF shards `{split}-NNNNN-of-NNNNN.parquet`
         in one pass: each task reads `rows_per_shard` consecutive rows, encodes the kept
@@ -83,8 +84,8 @@ class Stage:
         items = [{"group": i, "parts": json.dumps(g)} for i, g in enumerate(groups)]
         written = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             _publish_group, batch_size=1, batch_format="numpy",
-            fn_kwargs={"stage": self.folder, "out": folder, "codes": codes, "labels": labels, "schema": schema,
-                       "shape": (self.shape.height, self.shape.width, self.shape.channels)}).take_all()
+            fn_kwargs={"stage": self.folder, "out": folder, "codes": codes, "columns": _annotation_columns(annotation),
+                       "schema": schema, "shape": (self.shape.height, self.shape.width, self.shape.channels)}).take_all()
         rows = {}
         for split in SPLIT_CODES:
             shards = [w for w in written if w["split"] == split]  # in group order
@@ -92,6 +93,15 @@ class Stage:
                 folder.fs.mv(shard["file"], folder.join(f"{split}-{index:05d}-of-{len(shards):05d}.parquet").path)
             rows[split] = sum(int(w["rows"]) for w in shards)
         return rows
+
+    def pixels(self) -> np.ndarray:
+        """Every row's pixels in source order (for the annotation models; rejected rows are zeros)."""
+        shape = (self.shape.height, self.shape.width, self.shape.channels)
+        parts = []
+        for part in self.parts:
+            with self.folder.fs.open(part["file"], "rb") as handle:
+                parts.append(_pixels(pq.read_table(handle, columns=["image"]), shape))
+        return np.concatenate(parts)
 
     def images(self, rows: list[int]) -> np.ndarray:
         """The pixels of the given rows (few: report examples), in the order asked."""
@@ -192,7 +202,8 @@ def _stage_block(batch: dict[str, np.ndarray], fused: ops.FusedRowOps, folder: i
     path = folder.join(name).path
     with folder.fs.open(path, "wb") as handle:
         pq.write_table(pa.table({"image": pixels, "source_ref": refs}), handle, compression="lz4")
-    keys = {"source_ref": refs, "content_hash": pa.array(list(out["content_hash"]), pa.string()),
+    keys = {"source_ref": refs, "ref_hash": pa.array(ref_hashes(out["source_ref"]), pa.uint64()),
+            "content_hash": pa.array(list(out["content_hash"]), pa.string()),
             "label": pa.array([None] * count if labels is None else list(labels)),
             REJECT_REASON: pa.array(list(out[REJECT_REASON]), pa.string())}
     if perceptual:
@@ -212,8 +223,22 @@ def _pixels(table: pa.Table, shape: tuple[int, int, int]) -> np.ndarray:
     return flat[column.offset * width:].reshape(len(column), *shape)
 
 
+def _annotation_columns(annotation) -> dict[str, np.ndarray]:
+    """Per-row label columns to publish (label_source as codes into SOURCES: 1 byte a row)."""
+    from pipeline.annotate import SOURCES
+
+    columns = {"label": annotation.label, "label_confidence": annotation.confidence,
+               "label_source": np.array([SOURCES.index(s) if s else -1 for s in annotation.source], dtype=np.int8)}
+    if annotation.issue is not None:
+        columns.update(label_issue=annotation.issue, suggested_label=annotation.suggested)
+    return columns
+
+
 def _publish_group(batch: dict[str, np.ndarray], stage: io.Location, out: io.Location, codes: np.ndarray,
-                   labels: np.ndarray, schema: pa.Schema, shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
+                   columns: dict[str, np.ndarray], schema: pa.Schema,
+                   shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
+    from pipeline.annotate import SOURCES
+
     from pipeline.publish import encode_png
 
     tables: dict[str, list[pa.Table]] = {split: [] for split in SPLIT_CODES}
@@ -225,13 +250,15 @@ def _publish_group(batch: dict[str, np.ndarray], stage: io.Location, out: io.Loc
             rows = start + np.flatnonzero(codes[offset + start:offset + end] == code)
             count = len(rows)
             pngs = pa.array([encode_png(images[i]) for i in rows], pa.binary())
+            at = offset + rows
+            values = {name: pa.array(columns[name][at], schema.field(name).type)
+                      for name in ("label", "label_confidence", "label_issue", "suggested_label") if name in columns}
             tables[split].append(pa.table({
                 "image": pa.StructArray.from_arrays([pngs, pa.nulls(count, pa.string())], names=["bytes", "path"]),
-                "label": pa.array(labels[offset + rows], pa.int64()),
-                "label_source": pa.array(["given"] * count, pa.string()),
+                **values, "label_source": pa.array([SOURCES[c] for c in columns["label_source"][at]], pa.string()),
                 "origin": pa.array(["real"] * count, pa.string()),
                 "source_ref": part["source_ref"].take(pa.array(rows, pa.int64())),
-                "generator": pa.nulls(count, pa.string())}, schema=schema))
+                "generator": pa.nulls(count, pa.string())}).select(schema.names).cast(schema))
     files, counts, splits = [], [], []
     group = int(batch["group"][0])
     for split, parts in tables.items():
@@ -255,11 +282,8 @@ def _read_part(batch: dict[str, np.ndarray], folder: io.Location, codes: np.ndar
         table = pq.read_table(handle)
     rows = np.flatnonzero(codes[offset:offset + table.num_rows] == want)
     images = _pixels(table, shape)[rows]
-    count = len(rows)
     return {"image": images, "label": labels[offset + rows].astype(np.int64),
-            "label_source": np.full(count, "given", dtype=object), "origin": np.full(count, "real", dtype=object),
-            "source_ref": np.array(table["source_ref"].take(pa.array(rows)).to_pylist(), dtype=object),
-            "generator": np.full(count, None, dtype=object)}
+            "source_ref": np.array(table["source_ref"].take(pa.array(rows, pa.int64())).to_pylist(), dtype=object)}
 
 
 def stage_folder(spec: Spec, key: str) -> io.Location:

@@ -23,15 +23,15 @@ import ray
 import ray.data
 
 from pipeline import io, plots, sources
-from pipeline.annotate import discover_labels, label_ids
+from pipeline.annotate import TableClassifier, annotate, export_review, needs_classifier, read_human_labels
 from pipeline.errors import SourceError, SpecError
 from pipeline.gates import failed_gates
 from pipeline.ops import registry
 from pipeline.ops.base import REJECT_REASON
 from pipeline.publish import write_json
-from pipeline.publish_table import render_table_card, table_schema, write_table_split
+from pipeline.publish_table import LABEL_COLUMNS, render_table_card, table_schema, write_table_split
 from pipeline.spec import Spec
-from pipeline.split import in_test_split
+from pipeline.split import in_test_split, ref_hashes
 from pipeline.stage import stage_folder
 
 INFER_ROWS = 20_000
@@ -134,7 +134,7 @@ def infer_types(spec: Spec, dataset: ray.data.Dataset) -> tuple[dict[str, str], 
 
 def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_version: dict[str, Any],
               timings: dict[str, float], fresh: bool = False):
-    from pipeline.run import RunReport, _put_plot, _timed, account_rejects, log, train_config
+    from pipeline.runner import RunReport, _put_plot, _timed, account_rejects, log, train_config
 
     target_name = spec.annotate.label_column
     with _timed(timings, "collect"):
@@ -157,24 +157,31 @@ def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_versio
             f"{len(duplicates)} exact duplicate rows")
 
     with _timed(timings, "annotate"):
-        labels = discover_labels(cleaned[target_name], reasons == "", spec.annotate)
-        class_names = labels.class_names
-        label_of_row = label_ids(cleaned[target_name], reasons, labels)
-        log("annotate", f"target '{target_name}': {len(class_names)} classes: {', '.join(class_names[:20])}")
+        classifier = TableClassifier(cleaned, kinds, target_name) if needs_classifier(spec.annotate) else None
+        annotation = annotate(spec.annotate, cleaned, reasons, cleaned[target_name], read_human_labels(run_dir),
+                              classifier, spec.seed)
+        class_names = annotation.class_names
+        cleaned = _with_annotation(cleaned, annotation, target_name)
+        log("annotate", f"target '{target_name}': {annotation.summary()}")
+        if len(annotation.review):
+            values = cleaned.select(list(types)).take(pa.array(annotation.review)).to_pylist()
+            tasks = export_review(run_dir, run_id, cleaned["source_ref"].to_pylist(), annotation, values=values)
+            log("annotate", f"{len(annotation.review)} rows to review: import {tasks} into Label Studio, then "
+                f"datakiln annotate import {run_dir} EXPORT.json")
 
     rows_in, rows_rejected, rejected_by_reason = account_rejects(cleaned["source_ref"], reasons, run_dir,
                                                                   spec.preprocess.max_reject_fraction)
 
     with _timed(timings, "split"):
         live = reasons == ""
-        is_test = in_test_split(cleaned["source_ref"].to_pylist(), label_of_row, live, spec.seed,
+        is_test = in_test_split(ref_hashes(cleaned["source_ref"].to_pylist()), annotation.label, live, spec.seed,
                                 spec.split.test_fraction)
-        columns = list(types) + ["source_ref"]
+        columns = list(types) + [c for c in LABEL_COLUMNS if c in cleaned.column_names] + ["source_ref"]
         frames = {"train": cleaned.select(columns).filter(pa.array(live & ~is_test)),
                   "test": cleaned.select(columns).filter(pa.array(live & is_test))}
         log("split", f"train {frames['train'].num_rows}, test {frames['test'].num_rows}")
 
-    metrics: dict[str, Any] = {}
+    metrics: dict[str, Any] = annotation.metrics()
     lineage_checkpoint = trained = synthetic = None
     if spec.synthesize.enabled:
         from synth.models.table import TableSchema
@@ -213,7 +220,8 @@ def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_versio
             from synth.metrics.tabular import evaluate_table
 
             with _timed(timings, "evaluate"):
-                metrics = evaluate_table(frames["train"], frames["test"], synthetic, modelled, target_name, spec.seed)
+                metrics.update(evaluate_table(frames["train"], frames["test"], synthetic, modelled, target_name,
+                                              spec.seed))
                 log("evaluate", ", ".join(f"{key} {metrics[key]:.4g}" for key in (
                     "quality_score", "detection_auc", "tstr_f1", "trtr_f1", "tstr_ratio", "exact_copies")))
 
@@ -224,7 +232,7 @@ def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_versio
         staging = io.resolve(f"{target.url.rstrip('/')}.staging-{run_id}", spec.publish.storage_options)
         if staging.fs.exists(staging.path):
             staging.fs.rm(staging.path, recursive=True)
-        schema_arrow = table_schema(types, target_name, class_names)
+        schema_arrow = table_schema(types, target_name, class_names, label_quality=annotation.issue is not None)
         published = {s: write_table_split(_published(frames[s], target_name, class_names, "real", None), staging.join("data"),
                                           s, schema_arrow, spec.publish.rows_per_shard) for s in ("train", "test")}
         synthetic_rows = 0
@@ -242,7 +250,7 @@ def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_versio
         "checkpoint": lineage_checkpoint, "timings_s": timings,
         "rows": {"rows_in": rows_in, "rows_out": rows_out, "rows_rejected": rows_rejected,
                  "rejected_by_reason": rejected_by_reason, "splits": published, "synthetic": synthetic_rows},
-        "class_names": class_names, "run_dir": run_dir,
+        "class_names": class_names, "annotation": annotation.report, "run_dir": run_dir,
     }
     if synthetic is not None:
         _put_plot(staging, "columns.png", lambda path: plots.column_distributions(frames["train"], synthetic, kinds, path))
@@ -250,6 +258,7 @@ def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_versio
             _put_plot(staging, "losses.png", lambda path: plots.loss_curves(trained.history, path))
     card = render_table_card(spec.name, schema_arrow, target_name, class_names, published, synthetic_rows,
                              rejected_by_reason, {k: v for k, v in metrics.items() if not isinstance(v, dict)},
+                             annotation.report,
                              {"spec_hash": spec_hash, "inputs": collected.fingerprints, "generator": lineage_checkpoint,
                               "rows": lineage["rows"]})
     with staging.fs.open(staging.join("README.md").path, "w") as handle:
@@ -311,6 +320,20 @@ def _concat(refs: list, schema: pa.Schema | None) -> pa.Table:
     return pa.concat_tables(tables)
 
 
+def _with_annotation(table: pa.Table, annotation, target: str) -> pa.Table:
+    """The target column set to each row's final label (given, rule, model or human), plus
+    the label provenance columns."""
+    names = annotation.class_names
+    table = table.set_column(table.column_names.index(target), target,
+                             pa.array([names[i] if i >= 0 else None for i in annotation.label], pa.string()))
+    table = table.append_column("label_source", pa.array([s or None for s in annotation.source], pa.string()))
+    table = table.append_column("label_confidence", pa.array(annotation.confidence, pa.float32()))
+    if annotation.issue is not None:
+        table = table.append_column("label_issue", pa.array(annotation.issue)).append_column(
+            "suggested_label", pa.array(annotation.suggested, pa.int64()))
+    return table
+
+
 def _published(table: pa.Table, target: str, class_names: list[str], origin: str, generator: str | None) -> pa.Table:
     index = {n: i for i, n in enumerate(class_names)}
     ids = pa.array([index[str(v)] for v in table[target].to_pylist()], pa.int64())
@@ -318,6 +341,8 @@ def _published(table: pa.Table, target: str, class_names: list[str], origin: str
     n = table.num_rows
     refs = table["source_ref"] if "source_ref" in table.column_names else pa.nulls(n, pa.string())
     table = table.drop_columns([c for c in ("source_ref",) if c in table.column_names])
+    if "label_source" not in table.column_names:  # generated rows: labelled by their condition
+        table = table.append_column("label_source", pa.array(["conditioned"] * n, pa.string()))
     return table.append_column("origin", pa.array([origin] * n, pa.string())).append_column(
         "generator", pa.array([generator] * n, pa.string())).append_column("source_ref", refs)
 

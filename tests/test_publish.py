@@ -26,7 +26,7 @@ def _publish(target, rows_per_shard=4):
         counts[split] = publish.write_split(ray.data.from_items(rows), staging.join("data"), split, schema, rows_per_shard)
     synthetic = publish.write_split(ray.data.from_items(_rows(6, "synthetic", 200)), staging.join("synthetic"), "train",
                                     schema, rows_per_shard)
-    card = publish.Card(name="t", class_names=CLASSES, split_rows=counts, synthetic_rows=synthetic,
+    card = publish.Card(name="t", class_names=CLASSES, split_rows=counts, synthetic_rows=synthetic, schema=schema,
                         metrics={"tstr_accuracy": 0.5})
     with staging.fs.open(staging.join("README.md").path, "w") as handle:
         handle.write(publish.render_card(card))

@@ -1,5 +1,9 @@
-"""Annotation: turn the given labels into class ids with names and a provenance column."""
+"""Annotation: labelers (column, path, rules, model), label quality, and the human review
+round trip; every row ends with a class id, a `label_source` and a `label_confidence`."""
 
-from pipeline.annotate.labels import LabelSet, discover_labels, label_ids
+from pipeline.annotate.classifiers import ImageClassifier, TableClassifier
+from pipeline.annotate.labels import SOURCES, Annotation, LabelSet, annotate, needs_classifier
+from pipeline.annotate.review import export_review, import_review, read_human_labels
 
-__all__ = ["LabelSet", "discover_labels", "label_ids"]
+__all__ = ["SOURCES", "Annotation", "ImageClassifier", "LabelSet", "TableClassifier", "annotate", "export_review",
+           "import_review", "needs_classifier", "read_human_labels"]

@@ -97,7 +97,7 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a[both], b[both])[0, 1])
 
 
-def _features(table: pa.Table, kinds: dict[str, str], columns: list[str], reference: pa.Table):
+def table_features(table: pa.Table, kinds: dict[str, str], columns: list[str], reference: pa.Table):
     """A numeric matrix for HistGradientBoosting: numbers as floats (NaN kept), categories as
     codes of the reference table's categories (unknown → NaN), and the categorical mask."""
     matrix, categorical = [], []
@@ -112,7 +112,7 @@ def _features(table: pa.Table, kinds: dict[str, str], columns: list[str], refere
     return np.stack(matrix, 1) if matrix else np.zeros((table.num_rows, 0)), np.array(categorical, bool)
 
 
-def _classifier(categorical: np.ndarray, seed: int):
+def fixed_classifier(categorical: np.ndarray, seed: int):
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     return HistGradientBoostingClassifier(categorical_features=categorical if categorical.any() else None,
@@ -124,16 +124,16 @@ def utility(real_train: pa.Table, real_test: pa.Table, synthetic: pa.Table, kind
     from sklearn.metrics import accuracy_score, f1_score
 
     columns = [c for c in real_train.column_names if c != target and kinds.get(c) in NUMERIC_KINDS + CATEGORY_KINDS]
-    test_x, categorical = _features(real_test, kinds, columns, real_train)
+    test_x, categorical = table_features(real_test, kinds, columns, real_train)
     test_y = _categories(real_test[target])
     scores = {}
     for name, train in (("tstr", synthetic), ("trtr", real_train)):
-        x, _ = _features(train, kinds, columns, real_train)
+        x, _ = table_features(train, kinds, columns, real_train)
         y = _categories(train[target])
         if len(np.unique(y)) < 2:  # one class only: the recipe predicts it everywhere
             predicted = np.full(len(test_y), y[0] if len(y) else "")
         else:
-            predicted = _classifier(categorical, seed).fit(x, y).predict(test_x)
+            predicted = fixed_classifier(categorical, seed).fit(x, y).predict(test_x)
         scores[f"{name}_accuracy"] = float(accuracy_score(test_y, predicted))
         scores[f"{name}_f1"] = float(f1_score(test_y, predicted, average="macro"))
     scores["tstr_ratio"] = scores["tstr_accuracy"] / max(scores["trtr_accuracy"], 1e-12)
@@ -146,12 +146,12 @@ def detection_auc(real: pa.Table, synthetic: pa.Table, kinds: dict[str, str], se
     from sklearn.model_selection import train_test_split
 
     columns = [c for c in real.column_names if kinds.get(c) in NUMERIC_KINDS + CATEGORY_KINDS]
-    x_real, categorical = _features(real, kinds, columns, real)
-    x_syn, _ = _features(synthetic, kinds, columns, real)
+    x_real, categorical = table_features(real, kinds, columns, real)
+    x_syn, _ = table_features(synthetic, kinds, columns, real)
     x = np.concatenate([x_real, x_syn])
     y = np.concatenate([np.zeros(len(x_real)), np.ones(len(x_syn))])
     x_fit, x_held, y_fit, y_held = train_test_split(x, y, test_size=0.5, stratify=y, random_state=seed)
-    model = _classifier(categorical, seed).fit(x_fit, y_fit)
+    model = fixed_classifier(categorical, seed).fit(x_fit, y_fit)
     return float(roc_auc_score(y_held, model.predict_proba(x_held)[:, 1]))
 
 

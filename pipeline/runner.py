@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from pipeline import io, ops, plots, publish, sources
-from pipeline.annotate import discover_labels, label_ids
+from pipeline.annotate import ImageClassifier, annotate, export_review, needs_classifier, read_human_labels
 from pipeline.errors import GateError
 from pipeline.evaluate import check_inception_weights
 from pipeline.gates import failed_gates
@@ -171,24 +171,31 @@ def run(spec: Spec, address: str | None = None, fresh: bool = False) -> RunRepor
             + "".join(f"; {name}: {len(pairs)} marked" for name, pairs in duplicates.items()))
 
     with _timed(timings, "annotate"):
-        labels = discover_labels(stage.keys["label"], reasons == "", spec.annotate)
-        label_of_row = label_ids(stage.keys["label"], reasons, labels)
-        log("annotate", f"{len(labels.class_names)} classes: {', '.join(labels.class_names[:20])}")
+        classifier = ImageClassifier(stage.pixels()) if needs_classifier(spec.annotate) else None
+        annotation = annotate(spec.annotate, stage.keys, reasons, stage.keys["label"], read_human_labels(run_dir),
+                              classifier, spec.seed)
+        class_names = annotation.class_names
+        log("annotate", annotation.summary())
+        if len(annotation.review):
+            tasks = export_review(run_dir, run_id, stage.keys["source_ref"].to_pylist(), annotation,
+                                  images=stage.images(annotation.review.tolist()))
+            log("annotate", f"{len(annotation.review)} rows to review: import {tasks} into Label Studio, then "
+                f"datakiln annotate import {run_dir} EXPORT.json")
 
     rows_in, rows_rejected, rejected_by_reason = account_rejects(stage.keys["source_ref"], reasons, run_dir,
                                                                   spec.preprocess.max_reject_fraction)
 
     with _timed(timings, "split"):
         live = reasons == ""
-        is_test = in_test_split(stage.keys["source_ref"].to_pylist(), label_of_row, live, spec.seed,
+        is_test = in_test_split(stage.keys["ref_hash"].to_numpy(), annotation.label, live, spec.seed,
                                 spec.split.test_fraction)
         codes = np.where(live, np.where(is_test, SPLIT_CODES["test"], SPLIT_CODES["train"]), 0).astype(np.int8)
-        train, test = (stage.split(codes, label_of_row, s) for s in ("train", "test"))
+        train, test = (stage.split(codes, annotation.label, s) for s in ("train", "test"))
         split_rows = {s: int((codes == SPLIT_CODES[s]).sum()) for s in ("train", "test")}
         log("split", f"train {split_rows['train']}, test {split_rows['test']}")
 
-    num_classes = len(labels.class_names)
-    metrics: dict[str, Any] = {}
+    num_classes = len(class_names)
+    metrics: dict[str, Any] = annotation.metrics()
     lineage_checkpoint: dict[str, Any] | None = None
     synthetic = evaluation = trained = None
     if spec.synthesize.enabled:
@@ -242,8 +249,8 @@ def run(spec: Spec, address: str | None = None, fresh: bool = False) -> RunRepor
         staging = io.resolve(f"{target.url.rstrip('/')}.staging-{run_id}", spec.publish.storage_options)
         if staging.fs.exists(staging.path):
             staging.fs.rm(staging.path, recursive=True)
-        schema_arrow = publish.image_schema(labels.class_names)
-        published = stage.publish(codes, label_of_row, staging.join("data"), schema_arrow, spec.publish.rows_per_shard)
+        schema_arrow = publish.image_schema(class_names, label_quality=annotation.issue is not None)
+        published = stage.publish(codes, annotation, staging.join("data"), schema_arrow, spec.publish.rows_per_shard)
         synthetic_rows = 0
         if synthetic is not None:
             synthetic_rows = publish.write_split(synthetic, staging.join("synthetic"), "train", schema_arrow,
@@ -259,15 +266,16 @@ def run(spec: Spec, address: str | None = None, fresh: bool = False) -> RunRepor
         "checkpoint": lineage_checkpoint, "timings_s": timings,
         "rows": {"rows_in": rows_in, "rows_out": rows_out, "rows_rejected": rows_rejected,
                  "rejected_by_reason": rejected_by_reason, "splits": published, "synthetic": synthetic_rows},
-        "image_shape": [shape.height, shape.width, shape.channels], "class_names": labels.class_names,
+        "image_shape": [shape.height, shape.width, shape.channels], "class_names": class_names,
+        "annotation": annotation.report,
         "stage": {"key": stage.key, "folder": stage.folder.url, "reused": stage.reused},
         "duplicates": _duplicate_report(duplicates, stage.keys["source_ref"]),
         "run_dir": run_dir,
     }
     if synthetic is not None:
-        _write_samples(staging, train, synthetic, labels.class_names)
+        _write_samples(staging, train, synthetic, class_names)
     if evaluation is not None:
-        _write_report_plots(staging, evaluation, labels.class_names)
+        _write_report_plots(staging, evaluation, class_names)
     if trained is not None and trained.history:
         _put_plot(staging, "losses.png", lambda path: plots.loss_curves(trained.history, path))
     near = duplicates.get("near_dedup", [])[:SAMPLES_SHOWN * 2]
@@ -275,7 +283,14 @@ def run(spec: Spec, address: str | None = None, fresh: bool = False) -> RunRepor
         pictures = stage.images([row for kept, row, _ in near for row in (kept, row)])
         _put_plot(staging, "near_duplicates.png", lambda path: plots.duplicate_pairs(
             pictures[0::2], pictures[1::2], [d for _, _, d in near], path))
-    card = publish.Card(name=spec.name, class_names=labels.class_names, split_rows=published,
+    flagged = annotation.report.get("label_quality", {}).get("flagged_rows", [])
+    if flagged:
+        pictures = stage.images(flagged)
+        _put_plot(staging, "label_issues.png", lambda path: plots.label_issues(
+            pictures, [class_names[annotation.given[i]] for i in flagged],
+            [class_names[annotation.suggested[i]] for i in flagged], path))
+    card = publish.Card(name=spec.name, class_names=class_names, annotation=annotation.report, schema=schema_arrow,
+                        split_rows=published,
                         synthetic_rows=synthetic_rows, rejected_by_reason=rejected_by_reason,
                         near_duplicate_pairs=len(near), metrics={k: v for k, v in metrics.items() if not isinstance(v, list)},
                         lineage_summary={"spec_hash": spec_hash, "inputs": collected.fingerprints,
