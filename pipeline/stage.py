@@ -160,10 +160,13 @@ def build_stage(spec: Spec, collected: Collected, folder: io.Location, key: str,
     blocks = collected.dataset.map_batches(
         _stage_block, batch_size=None, batch_format="numpy",
         fn_kwargs={"fused": fused, "folder": folder, "label_column": spec.annotate.label_column,
-                   "perceptual": "phash" in _key_columns(spec)}).take_all()  # one small row per block, in order
-    parts = [{"file": str(b["file"]), "rows": int(b["rows"])} for b in blocks if int(b["rows"])]
-    keys = pa.concat_tables([pa.ipc.open_stream(b["keys"]).read_all() for b in blocks if int(b["rows"])],
-                            promote_options="permissive")
+                   "perceptual": "phash" in _key_columns(spec)})
+    parts, tables = [], []
+    for block in blocks.iter_rows():  # one small row per block, in order; parsed as it arrives
+        if int(block["rows"]):
+            parts.append({"file": str(block["file"]), "rows": int(block["rows"])})
+            tables.append(pa.ipc.open_stream(block["keys"]).read_all())
+    keys = pa.concat_tables(tables, promote_options="permissive")
     with folder.fs.open(folder.join("keys.parquet").path, "wb") as handle:
         pq.write_table(keys, handle)
     resolved_ops = [{"op": op.name, **op.params.model_dump()} for op in row_ops]
@@ -203,7 +206,7 @@ def _stage_block(batch: dict[str, np.ndarray], fused: ops.FusedRowOps, folder: i
     with folder.fs.open(path, "wb") as handle:
         pq.write_table(pa.table({"image": pixels, "source_ref": refs}), handle, compression="lz4")
     keys = {"source_ref": refs, "ref_hash": pa.array(ref_hashes(out["source_ref"]), pa.uint64()),
-            "content_hash": pa.array(list(out["content_hash"]), pa.string()),
+            "content_hash": pa.array([bytes.fromhex(h) if h else bytes(16) for h in out["content_hash"]], pa.binary(16)),
             "label": pa.array([None] * count if labels is None else list(labels)),
             REJECT_REASON: pa.array(list(out[REJECT_REASON]), pa.string())}
     if perceptual:

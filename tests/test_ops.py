@@ -74,7 +74,8 @@ def _keys(**columns) -> tuple[pa.Table, np.ndarray]:
 
 
 def test_dedup_keeps_the_first_row_of_each_group():
-    keys, reasons = _keys(content_hash=["x", "x", "y", "x", "y", "z"],
+    x, y, z = "ab" * 16, "cd" * 16, "ef" * 16  # hex digests
+    keys, reasons = _keys(content_hash=[x, x, y, x, y, z],
                           reasons=["decode: bad", "", "", "", "", ""])
     pairs = build({"op": "dedup"}).decide(keys, reasons)
     assert list(reasons) == ["decode: bad", "", "", "dedup: duplicate of f#1", "dedup: duplicate of f#2", ""]

@@ -55,7 +55,7 @@ def read(spec: SourceSpec) -> Collected:
     paths = list(files)
     if not paths:
         raise SourceError(f"{spec.path}: image folder: no files found")
-    regular = [files[p].get("type") == "file" for p in paths]
+    regular = [files[p].regular for p in paths]
     dataset = paths_dataset(paths, FILES_PER_BLOCK, regular=regular).map_batches(
         _read_files, fn_kwargs={"root": root}, batch_size=None)
     return Collected(dataset=dataset, fingerprints=[io.fingerprint(root, files)])
