@@ -65,9 +65,9 @@ def _reject_key(reason: str) -> str:
 
 
 def account_rejects(refs: pa.ChunkedArray, reasons: np.ndarray, run_dir: str,
-                    max_reject_fraction: float) -> tuple[int, int, dict[str, int]]:
+                    max_reject_fraction: float) -> tuple[int, dict[str, int]]:
     """Write every rejected row to `<run_dir>/rejects/` with its reason; count them by kind;
-    fail the run when too many are rejected. Returns (rows in, rows rejected, by kind)."""
+    fail the run when too many are rejected. Returns (rows in, rejected rows by kind)."""
     rows_in = len(reasons)
     rejected = np.flatnonzero(reasons != "")
     kinds = [_reject_key(r) for r in reasons[rejected]]
@@ -83,7 +83,7 @@ def account_rejects(refs: pa.ChunkedArray, reasons: np.ndarray, run_dir: str,
     if rows_in and len(rejected) / rows_in > max_reject_fraction:
         raise GateError(f"preprocess.max_reject_fraction: {len(rejected)}/{rows_in} rows rejected "
                         f"({len(rejected) / rows_in:.1%} > {max_reject_fraction:.1%}); see {folder}")
-    return rows_in, len(rejected), by_reason
+    return rows_in, by_reason
 
 
 def _duplicate_report(duplicates: dict[str, list[tuple[int, int, int]]], refs: pa.ChunkedArray) -> dict[str, Any]:
@@ -128,6 +128,70 @@ def train_config(spec: Spec, run_id: str, run_dir: str):
                          seed=spec.seed, attempts_uri=f"{storage.rstrip('/')}/{run_name}/datakiln-attempts",
                          checkpoint_every=syn.checkpoint_every or max(1, epochs // 10))
     return config, storage, run_name
+
+
+def train_generator(spec: Spec, run_id: str, run_dir: str, data: ray.data.Dataset, schema, what: str):
+    """Fit the spec's generator on `data` with Ray Train (rows shuffled once, seeded);
+    return the fit and its lineage record (weights URI and sha256, generator id, attempts)."""
+    from synth.train import fit
+
+    syn = spec.synthesize
+    config, storage, run_name = train_config(spec, run_id, run_dir)
+    log("train", f"{syn.model} on {what}, {syn.workers} worker(s), {'GPU' if syn.use_gpu else 'CPU'}, "
+        f"global batch {config.batch_size * syn.workers}, {config.epochs} epochs")
+    trained = fit(data.random_shuffle(seed=spec.seed).materialize(), schema, config, workers=syn.workers,
+                  use_gpu=syn.use_gpu, storage_path=storage, run_name=run_name, max_failures=syn.max_failures,
+                  model_dir=os.path.join(run_dir, "model"), keep_checkpoints=syn.keep_checkpoints)
+    weights = io.resolve(os.path.join(trained.model_dir, "model.safetensors"))
+    weights_sha = io.sha256_file(weights)
+    return trained, {"uri": weights.url, "sha256": weights_sha, "train_checkpoint": trained.checkpoint_path,
+                     "generator_id": f"{syn.model}-{weights_sha[:12]}", "epochs": config.epochs,
+                     "steps": trained.steps, "attempts": trained.attempts, "restarts": len(trained.attempts) - 1}
+
+
+def base_lineage(spec: Spec, run_id: str, spec_hash: str, code_version: dict[str, Any], inputs: list[dict[str, Any]],
+                 checkpoint: dict[str, Any] | None, timings: dict[str, float], rows_in: int,
+                 rejected_by_reason: dict[str, int], published: dict[str, int], synthetic_rows: int) -> dict[str, Any]:
+    """What every run's `lineage.json` records (each kind of run adds its own keys), after
+    checking that every input row was published or rejected."""
+    rows_out, rows_rejected = sum(published.values()), sum(rejected_by_reason.values())
+    if rows_out + rows_rejected != rows_in:
+        raise RuntimeError(f"row accounting broken: {rows_in} in != {rows_out} out + {rows_rejected} rejected")
+    rows = {"rows_in": rows_in, "rows_out": rows_out, "rows_rejected": rows_rejected,
+            "rejected_by_reason": rejected_by_reason, "splits": published, "synthetic": synthetic_rows}
+    return {"run_id": run_id, "name": spec.name, "spec": spec.redacted(), "spec_hash": spec_hash,
+            "code_version": code_version, "inputs": inputs,
+            "seeds": {"spec": spec.seed, "split": spec.seed, "train": spec.seed, "sample": spec.seed,
+                      "evaluate": spec.seed},
+            "checkpoint": checkpoint, "timings_s": timings, "rows": rows}
+
+
+def finish(staging: io.Location, target: io.Location, card: str, metrics: dict[str, Any], lineage: dict[str, Any],
+           failures: list[str], timings: dict[str, float]) -> RunReport:
+    """Write the card, metrics and lineage, make the dataset visible at `target`, and fail
+    the run (after publishing the candidate) when a gate failed."""
+    with staging.fs.open(staging.join("README.md").path, "w") as handle:
+        handle.write(card)
+    publish.write_json(staging.join("metrics.json"), metrics)
+    publish.write_json(staging.join("lineage.json"), lineage)
+    io.commit(staging, target)
+    publish.write_json(io.resolve(os.path.join(lineage["run_dir"], "lineage.json")), lineage)
+    if failures:
+        raise GateError(f"evaluate.gates failed: {'; '.join(failures)}; nothing published, candidate at {target.url}")
+    rows = lineage["rows"]
+    log("publish", f"{rows['rows_out']} real rows ({rows['splits']}) + {rows['synthetic']} synthetic → {target.url}")
+    return RunReport(target=target.url, run_dir=lineage["run_dir"], metrics=metrics, lineage=lineage, timings=timings)
+
+
+def publish_locations(spec: Spec, run_dir: str, run_id: str, failed: bool) -> tuple[io.Location, io.Location]:
+    """The publish target (the run's `candidate/` when a gate failed: never the real target)
+    and an empty staging folder beside it, where everything is written before the commit."""
+    options = {} if failed else spec.publish.storage_options
+    target = io.resolve(os.path.join(run_dir, "candidate") if failed else spec.publish_target(), options)
+    staging = io.resolve(f"{target.url.rstrip('/')}.staging-{run_id}", options)
+    if staging.fs.exists(staging.path):
+        staging.fs.rm(staging.path, recursive=True)
+    return target, staging
 
 
 def run(spec: Spec, address: str | None = None, fresh: bool = False) -> RunReport:
@@ -182,8 +246,8 @@ def run(spec: Spec, address: str | None = None, fresh: bool = False) -> RunRepor
             log("annotate", f"{len(annotation.review)} rows to review: import {tasks} into Label Studio, then "
                 f"datakiln annotate import {run_dir} EXPORT.json")
 
-    rows_in, rows_rejected, rejected_by_reason = account_rejects(stage.keys["source_ref"], reasons, run_dir,
-                                                                  spec.preprocess.max_reject_fraction)
+    rows_in, rejected_by_reason = account_rejects(stage.keys["source_ref"], reasons, run_dir,
+                                                 spec.preprocess.max_reject_fraction)
 
     with _timed(timings, "split"):
         live = reasons == ""
@@ -201,26 +265,14 @@ def run(spec: Spec, address: str | None = None, fresh: bool = False) -> RunRepor
     if spec.synthesize.enabled:
         from synth.models.base import ImageSchema
         from synth.sample import sample
-        from synth.train import fit
 
         syn = spec.synthesize
         with _timed(timings, "train"):
             schema = ImageSchema(shape.height, shape.width, shape.channels, num_classes)
-            config, storage, run_name = train_config(spec, run_id, run_dir)
-            batch_size = config.batch_size
-            log("train", f"{syn.model} on {split_rows['train']} images, {syn.workers} worker(s), "
-                f"{'GPU' if syn.use_gpu else 'CPU'}, global batch {batch_size * syn.workers}, {config.epochs} epochs")
-            # Sources may be sorted by class (class folders): mix once, seeded, before training.
-            trained = fit(train.random_shuffle(seed=spec.seed).materialize(), schema, config,
-                          workers=syn.workers, use_gpu=syn.use_gpu, storage_path=storage, run_name=run_name,
-                          max_failures=syn.max_failures, model_dir=os.path.join(run_dir, "model"),
-                          keep_checkpoints=syn.keep_checkpoints)
-            weights = io.resolve(os.path.join(trained.model_dir, "model.safetensors"))
-            weights_sha = io.sha256_file(weights)
-            generator_id = f"{syn.model}-{weights_sha[:12]}"
-            lineage_checkpoint = {"uri": weights.url, "sha256": weights_sha, "train_checkpoint": trained.checkpoint_path,
-                                  "generator_id": generator_id, "epochs": config.epochs, "steps": trained.steps,
-                                  "attempts": trained.attempts, "restarts": len(trained.attempts) - 1}
+            # Sources may be sorted by class (class folders): training mixes them once, seeded.
+            trained, lineage_checkpoint = train_generator(spec, run_id, run_dir, train, schema,
+                                                          f"{split_rows['train']} images")
+            generator_id = lineage_checkpoint["generator_id"]
         with _timed(timings, "sample"):
             synthetic = sample(trained.model_dir, num_classes, syn.samples_per_class, spec.seed, generator_id,
                                syn.sampler_actors).materialize()
@@ -242,31 +294,18 @@ def run(spec: Spec, address: str | None = None, fresh: bool = False) -> RunRepor
                     "recall", "nn_copy_fraction")))
 
     failures = failed_gates(spec.evaluate.gates, metrics)
-    # A run that fails a gate publishes its candidate under the run dir, never at the target.
-    target = io.resolve(os.path.join(run_dir, "candidate") if failures else spec.publish_target(),
-                        {} if failures else spec.publish.storage_options)
+    target, staging = publish_locations(spec, run_dir, run_id, bool(failures))
     with _timed(timings, "publish"):
-        staging = io.resolve(f"{target.url.rstrip('/')}.staging-{run_id}", spec.publish.storage_options)
-        if staging.fs.exists(staging.path):
-            staging.fs.rm(staging.path, recursive=True)
         schema_arrow = publish.image_schema(class_names, label_quality=annotation.issue is not None)
         published = stage.publish(codes, annotation, staging.join("data"), schema_arrow, spec.publish.rows_per_shard)
         synthetic_rows = 0
         if synthetic is not None:
             synthetic_rows = publish.write_split(synthetic, staging.join("synthetic"), "train", schema_arrow,
                                                  spec.publish.rows_per_shard)
-        rows_out = sum(published.values())
-    if rows_out + rows_rejected != rows_in:
-        raise RuntimeError(f"row accounting broken: {rows_in} in != {rows_out} out + {rows_rejected} rejected")
     lineage = {
-        "run_id": run_id, "name": spec.name, "spec": spec.redacted(), "spec_hash": spec_hash,
-        "resolved_ops": resolved_ops, "code_version": code_version, "inputs": collected.fingerprints,
-        "seeds": {"spec": spec.seed, "split": spec.seed, "train": spec.seed, "sample": spec.seed,
-                  "evaluate": spec.seed},
-        "checkpoint": lineage_checkpoint, "timings_s": timings,
-        "rows": {"rows_in": rows_in, "rows_out": rows_out, "rows_rejected": rows_rejected,
-                 "rejected_by_reason": rejected_by_reason, "splits": published, "synthetic": synthetic_rows},
-        "image_shape": [shape.height, shape.width, shape.channels], "class_names": class_names,
+        **base_lineage(spec, run_id, spec_hash, code_version, collected.fingerprints, lineage_checkpoint, timings,
+                       rows_in, rejected_by_reason, published, synthetic_rows),
+        "resolved_ops": resolved_ops, "image_shape": [shape.height, shape.width, shape.channels], "class_names": class_names,
         "annotation": annotation.report,
         "stage": {"key": stage.key, "folder": stage.folder.url, "reused": stage.reused},
         "duplicates": _duplicate_report(duplicates, stage.keys["source_ref"]),
@@ -295,16 +334,7 @@ def run(spec: Spec, address: str | None = None, fresh: bool = False) -> RunRepor
                         near_duplicate_pairs=len(near), metrics={k: v for k, v in metrics.items() if not isinstance(v, list)},
                         lineage_summary={"spec_hash": spec_hash, "inputs": collected.fingerprints,
                                          "generator": lineage_checkpoint, "rows": lineage["rows"]})
-    with staging.fs.open(staging.join("README.md").path, "w") as handle:
-        handle.write(publish.render_card(card))
-    publish.write_json(staging.join("metrics.json"), metrics)
-    publish.write_json(staging.join("lineage.json"), lineage)
-    io.commit(staging, target)
-    publish.write_json(io.resolve(os.path.join(run_dir, "lineage.json")), lineage)
-    if failures:
-        raise GateError(f"evaluate.gates failed: {'; '.join(failures)}; nothing published, candidate at {target.url}")
-    log("publish", f"{rows_out} real rows ({published}) + {synthetic_rows} synthetic → {target.url}")
-    return RunReport(target=target.url, run_dir=run_dir, metrics=metrics, lineage=lineage, timings=timings)
+    return finish(staging, target, publish.render_card(card), metrics, lineage, failures, timings)
 
 
 def _put_plot(staging: io.Location, name: str, draw) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,6 @@ from pipeline.errors import SourceError, SpecError
 from pipeline.gates import failed_gates
 from pipeline.ops import registry
 from pipeline.ops.base import REJECT_REASON
-from pipeline.publish import write_json
 from pipeline.publish_table import LABEL_COLUMNS, render_table_card, table_schema, write_table_split
 from pipeline.spec import Spec
 from pipeline.split import in_test_split, ref_hashes
@@ -134,7 +132,8 @@ def infer_types(spec: Spec, dataset: ray.data.Dataset) -> tuple[dict[str, str], 
 
 def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_version: dict[str, Any],
               timings: dict[str, float], fresh: bool = False):
-    from pipeline.runner import RunReport, _put_plot, _timed, account_rejects, log, train_config
+    from pipeline.runner import (_put_plot, _timed, account_rejects, base_lineage, finish, log, publish_locations,
+                                 train_generator)
 
     target_name = spec.annotate.label_column
     with _timed(timings, "collect"):
@@ -169,8 +168,8 @@ def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_versio
             log("annotate", f"{len(annotation.review)} rows to review: import {tasks} into Label Studio, then "
                 f"datakiln annotate import {run_dir} EXPORT.json")
 
-    rows_in, rows_rejected, rejected_by_reason = account_rejects(cleaned["source_ref"], reasons, run_dir,
-                                                                  spec.preprocess.max_reject_fraction)
+    rows_in, rejected_by_reason = account_rejects(cleaned["source_ref"], reasons, run_dir,
+                                                 spec.preprocess.max_reject_fraction)
 
     with _timed(timings, "split"):
         live = reasons == ""
@@ -187,29 +186,17 @@ def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_versio
         from synth.models.table import TableSchema
         from synth.sample import sample_table
         from synth.tabular import TableEncoder
-        from synth.train import fit
 
         syn = spec.synthesize
         modelled = {n: k for n, k in kinds.items() if k != "id"}
         with _timed(timings, "train"):
             encoder = TableEncoder.fit(frames["train"].select(list(kinds)), kinds, spec.seed, primary=target_name)
             schema = TableSchema(encoder.to_json())
-            config, storage, run_name = train_config(spec, run_id, run_dir)
-            log("train", f"{syn.model} on {frames['train'].num_rows} rows × {encoder.width} features "
-                f"(condition vector {encoder.cond_width}), {syn.workers} worker(s), global batch "
-                f"{config.batch_size * syn.workers}, {config.epochs} epochs")
-            features = encoder.encode(frames["train"])
-            train_data = ray.data.from_numpy(features).rename_columns({"data": "features"})
-            trained = fit(train_data.random_shuffle(seed=spec.seed).materialize(), schema, config,
-                          workers=syn.workers, use_gpu=syn.use_gpu, storage_path=storage, run_name=run_name,
-                          max_failures=syn.max_failures, model_dir=os.path.join(run_dir, "model"),
-                          keep_checkpoints=syn.keep_checkpoints)
-            weights = io.resolve(os.path.join(trained.model_dir, "model.safetensors"))
-            weights_sha = io.sha256_file(weights)
-            generator_id = f"{syn.model}-{weights_sha[:12]}"
-            lineage_checkpoint = {"uri": weights.url, "sha256": weights_sha, "train_checkpoint": trained.checkpoint_path,
-                                  "generator_id": generator_id, "epochs": config.epochs, "steps": trained.steps,
-                                  "attempts": trained.attempts, "restarts": len(trained.attempts) - 1}
+            train_data = ray.data.from_numpy(encoder.encode(frames["train"])).rename_columns({"data": "features"})
+            trained, lineage_checkpoint = train_generator(
+                spec, run_id, run_dir, train_data, schema,
+                f"{frames['train'].num_rows} rows × {encoder.width} features (condition vector {encoder.cond_width})")
+            generator_id = lineage_checkpoint["generator_id"]
         with _timed(timings, "sample"):
             plan = condition_plan(spec, encoder, frames["train"], target_name)
             synthetic = _concat(sample_table(trained.model_dir, plan, spec.seed, generator_id,
@@ -226,12 +213,8 @@ def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_versio
                     "quality_score", "detection_auc", "tstr_f1", "trtr_f1", "tstr_ratio", "exact_copies")))
 
     failures = failed_gates(spec.evaluate.gates, metrics)
-    target = io.resolve(os.path.join(run_dir, "candidate") if failures else spec.publish_target(),
-                        {} if failures else spec.publish.storage_options)
+    target, staging = publish_locations(spec, run_dir, run_id, bool(failures))
     with _timed(timings, "publish"):
-        staging = io.resolve(f"{target.url.rstrip('/')}.staging-{run_id}", spec.publish.storage_options)
-        if staging.fs.exists(staging.path):
-            staging.fs.rm(staging.path, recursive=True)
         schema_arrow = table_schema(types, target_name, class_names, label_quality=annotation.issue is not None)
         published = {s: write_table_split(_published(frames[s], target_name, class_names, "real", None), staging.join("data"),
                                           s, schema_arrow, spec.publish.rows_per_shard) for s in ("train", "test")}
@@ -240,17 +223,10 @@ def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_versio
             synthetic_rows = write_table_split(
                 _published(synthetic, target_name, class_names, "synthetic", lineage_checkpoint["generator_id"]),
                 staging.join("synthetic"), "train", schema_arrow, spec.publish.rows_per_shard)
-        rows_out = sum(published.values())
-    if rows_out + rows_rejected != rows_in:
-        raise RuntimeError(f"row accounting broken: {rows_in} in != {rows_out} out + {rows_rejected} rejected")
     lineage = {
-        "run_id": run_id, "name": spec.name, "spec": spec.redacted(), "spec_hash": spec_hash,
-        "column_kinds": kinds, "code_version": code_version, "inputs": collected.fingerprints,
-        "seeds": {"spec": spec.seed, "split": spec.seed, "train": spec.seed, "sample": spec.seed, "evaluate": spec.seed},
-        "checkpoint": lineage_checkpoint, "timings_s": timings,
-        "rows": {"rows_in": rows_in, "rows_out": rows_out, "rows_rejected": rows_rejected,
-                 "rejected_by_reason": rejected_by_reason, "splits": published, "synthetic": synthetic_rows},
-        "class_names": class_names, "annotation": annotation.report, "run_dir": run_dir,
+        **base_lineage(spec, run_id, spec_hash, code_version, collected.fingerprints, lineage_checkpoint, timings,
+                       rows_in, rejected_by_reason, published, synthetic_rows),
+        "column_kinds": kinds, "class_names": class_names, "annotation": annotation.report, "run_dir": run_dir,
     }
     if synthetic is not None:
         _put_plot(staging, "columns.png", lambda path: plots.column_distributions(frames["train"], synthetic, kinds, path))
@@ -261,18 +237,7 @@ def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_versio
                              annotation.report,
                              {"spec_hash": spec_hash, "inputs": collected.fingerprints, "generator": lineage_checkpoint,
                               "rows": lineage["rows"]})
-    with staging.fs.open(staging.join("README.md").path, "w") as handle:
-        handle.write(card)
-    write_json(staging.join("metrics.json"), metrics)
-    write_json(staging.join("lineage.json"), lineage)
-    io.commit(staging, target)
-    write_json(io.resolve(os.path.join(run_dir, "lineage.json")), lineage)
-    if failures:
-        from pipeline.errors import GateError
-
-        raise GateError(f"evaluate.gates failed: {'; '.join(failures)}; nothing published, candidate at {target.url}")
-    log("publish", f"{rows_out} real rows ({published}) + {synthetic_rows} synthetic → {target.url}")
-    return RunReport(target=target.url, run_dir=run_dir, metrics=metrics, lineage=lineage, timings=timings)
+    return finish(staging, target, card, metrics, lineage, failures, timings)
 
 
 def condition_plan(spec: Spec, encoder, train: pa.Table, target: str) -> list[tuple[str, Any, int]]:
