@@ -19,6 +19,7 @@ import io as pyio
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -279,14 +280,14 @@ def _publish_group(batch: dict[str, np.ndarray], stage: io.Location, out: io.Loc
 
 
 def _read_part(batch: dict[str, np.ndarray], folder: io.Location, codes: np.ndarray, labels: np.ndarray,
-               want: int, shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
+               want: int, shape: tuple[int, int, int]) -> Iterator[dict[str, np.ndarray]]:
     path, offset = str(batch["file"][0]), int(batch["offset"][0])
     with folder.fs.open(path, "rb") as handle:
         table = pq.read_table(handle)
     rows = np.flatnonzero(codes[offset:offset + table.num_rows] == want)
-    images = _pixels(table, shape)[rows]
-    return {"image": images, "label": labels[offset + rows].astype(np.int64),
-            "source_ref": np.array(table["source_ref"].take(pa.array(rows, pa.int64())).to_pylist(), dtype=object)}
+    if len(rows):  # nothing for a part without rows of this split: Ray cannot type an empty tensor batch
+        yield {"image": _pixels(table, shape)[rows], "label": labels[offset + rows].astype(np.int64),
+               "source_ref": np.array(table["source_ref"].take(pa.array(rows, pa.int64())).to_pylist(), dtype=object)}
 
 
 def stage_folder(spec: Spec, key: str) -> io.Location:
