@@ -126,7 +126,7 @@ def train_config(spec: Spec, run_id: str, run_dir: str):
     run_name = f"{spec.name}-{run_id}"
     config = TrainConfig(model=syn.model, model_config=model_config, epochs=epochs, batch_size=batch_size,
                          seed=spec.seed, attempts_uri=f"{storage.rstrip('/')}/{run_name}/datakiln-attempts",
-                         checkpoint_every=syn.checkpoint_every or max(1, epochs // 10))
+                         checkpoint_every=syn.checkpoint_every or max(1, epochs // 10), precision=syn.precision)
     return config, storage, run_name
 
 

@@ -155,6 +155,10 @@ class SynthesizeSpec(_Section):
     """Default: the model's own (cvae 16, cgan 64)."""
     workers: int = Field(default=1, ge=1)
     use_gpu: bool = False
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """On GPU: `bf16` (autocast, channels_last) or `fp32`; `auto` takes bf16 when a worker's
+    batch holds at least 2^21 input values (batch 4096 of 28×28), below which these small
+    models are bound by kernel launches and fp32 is faster. CPU runs are always fp32."""
     samples_per_class: int = Field(default=1000, ge=1)
     """`image`: synthetic images per class."""
     rows: int | None = Field(default=None, ge=1)

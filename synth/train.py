@@ -24,8 +24,8 @@ import torch
 from ray.train.torch import TorchTrainer
 
 from synth.models import get_model
-from synth.models.base import ImageSchema, save_generator, unwrap
-from synth.step import autocast_for, prepare_module
+from synth.models.base import class_grid, save_generator, save_png, unwrap
+from synth.step import autocast_for, place_inputs, prepare_module, resolve_precision
 
 STATE_FILE = "state.pt"
 SHARD_CACHE_BYTES = 2 * 2**30
@@ -78,6 +78,8 @@ class TrainConfig:
     attempts_uri: str
     """Folder (shared storage, beside the checkpoints) where each training attempt is recorded."""
     checkpoint_every: int = 1
+    precision: str = "auto"
+    """On GPU: `bf16`, `fp32`, or `auto` (see `synth.step.resolve_precision`); CPU runs fp32."""
 
 
 def _state(networks: dict[str, Any], optimizers: dict[str, Any], epoch: int, step: int) -> dict[str, Any]:
@@ -161,30 +163,6 @@ def _report(networks: dict[str, Any], optimizers: dict[str, Any], epoch: int, st
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
-def _save_sample_grid(model, networks: dict[str, Any], schema: ImageSchema, config: dict[str, Any], uri: str,
-                      per_class: int = 8) -> None:
-    """Rank 0, after each epoch: one row per class from fixed noise, so epochs compare."""
-    import fsspec
-    import numpy as np
-    from PIL import Image
-
-    sampler = unwrap(networks[model.sampler_name()])
-    device = next(sampler.parameters()).device
-    labels = torch.arange(schema.num_classes, device=device).repeat_interleave(per_class)
-    noise = torch.from_numpy(np.random.default_rng(0).standard_normal(
-        (len(labels), model.noise_dim(config))).astype(np.float32)).to(device)
-    sampler.eval()
-    with torch.no_grad():
-        images = model.sample(sampler, labels, noise).float().clamp(0, 1)
-    sampler.train()
-    pixels = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    h, w, c = pixels.shape[1:]
-    grid = pixels.reshape(schema.num_classes, per_class, h, w, c).transpose(0, 2, 1, 3, 4).reshape(
-        schema.num_classes * h, per_class * w, c)
-    with fsspec.open(uri, "wb", auto_mkdir=True) as handle:
-        Image.fromarray(grid[:, :, 0] if c == 1 else grid).save(handle, format="PNG")
-
-
 def _quiet_ray_logs() -> None:
     """Ray Train logs every report at INFO through a logger named by its file path (so its
     LoggingConfig level does not apply); datakiln prints one line per epoch instead."""
@@ -206,13 +184,16 @@ def train_loop(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
     torch.manual_seed(cfg.seed * 1000 + rank)
     device = ray.train.torch.get_device()
-    networks = {name: prepare_module(net, device) for name, net in model.build(schema, cfg.model_config).items()}
+    precision = resolve_precision(cfg.precision, device, cfg.batch_size * schema.values_per_row)
+    networks = {name: prepare_module(net, device, precision) for name, net in model.build(schema, cfg.model_config).items()}
     for name in model.trained:
         networks[name] = ray.train.torch.prepare_model(networks[name])
     optimizers = model.optimizers(networks, cfg.model_config)
     start, step = _load_checkpoint(networks, optimizers)
     if rank == 0:
         _record_attempt(cfg.attempts_uri, start, world)
+        if device.type == "cuda":
+            sys.stdout.write(f"[train] {precision} on {torch.cuda.get_device_name(device)}\n")
         if start:
             sys.stdout.write(f"[train] resuming at epoch {start + 1}/{cfg.epochs} (step {step})\n")
     shard = _Shard(ray.train.get_dataset_shard("train"), cfg.batch_size, device, cfg.seed * 1000 + rank)
@@ -222,8 +203,8 @@ def train_loop(config: dict[str, Any]) -> None:
         sums: dict[str, torch.Tensor] = {}
         seen, began = 0, time.perf_counter()
         for batch in shard.epoch(epoch):
-            inputs = model.inputs(batch)
-            with autocast_for(device):
+            inputs = place_inputs(model.inputs(batch), precision)
+            with autocast_for(device, precision):
                 losses = model.training_step(networks, *inputs, optimizers)
             rows = len(inputs[0])
             for key, value in losses.items():
@@ -238,8 +219,8 @@ def train_loop(config: dict[str, Any]) -> None:
             sys.stdout.write(f"[train] epoch {epoch + 1}/{cfg.epochs} {shown}\n")
             sys.stdout.flush()
             if model.modality == "image":
-                _save_sample_grid(model, networks, schema, cfg.model_config,
-                                  f"{cfg.attempts_uri.rsplit('/', 1)[0]}/samples/epoch-{epoch + 1:03d}.png")
+                grid = class_grid(model, unwrap(networks[model.sampler_name()]), schema.num_classes, cfg.model_config)
+                save_png(grid, f"{cfg.attempts_uri.rsplit('/', 1)[0]}/samples/epoch-{epoch + 1:03d}.png")
             _record_epoch(_history_uri(cfg), metrics)
         if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
             _report(networks, optimizers, epoch, step, metrics)

@@ -1,5 +1,7 @@
 """Conformance of every generator model to the protocol, plus model-specific learning checks."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -99,3 +101,37 @@ def test_table_models_honour_the_condition_and_export(name, tmp_path):
     _, loaded, loaded_schema, _ = load_generator(str(tmp_path))
     assert loaded_schema == schema
     assert torch.equal(model.sample(sampler, cond[:4], noise[:4]), model.sample(loaded, cond[:4], noise[:4]))
+
+
+def test_precision_resolves_per_device_and_batch():
+    from synth.step import AUTO_BF16_MIN_BATCH_VALUES, place_inputs, resolve_precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert {resolve_precision(p, cpu, 10**9) for p in ("auto", "bf16", "fp32")} == {"fp32"}
+    assert resolve_precision("auto", cuda, 512 * 28 * 28) == "fp32"  # launch-bound: fp32 is faster
+    assert resolve_precision("auto", cuda, AUTO_BF16_MIN_BATCH_VALUES) == "bf16"
+    assert resolve_precision("bf16", cuda, 1) == "bf16" and resolve_precision("fp32", cuda, 10**9) == "fp32"
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        resolve_precision("fp16", cuda, 1)
+    images, labels = torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long)
+    placed, same = place_inputs((images, labels), "bf16")
+    assert placed.is_contiguous(memory_format=torch.channels_last) and same is labels
+    assert place_inputs((images, labels), "fp32")[0] is images
+
+
+def test_ema_tracks_the_trained_generator():
+    """cgan's and ctgan's EMA: one update moves every EMA weight by exactly (1 − decay) of its gap to the generator."""
+    from synth.models.base import ema_update
+
+    generator = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = copy.deepcopy(generator).requires_grad_(False)
+    with torch.no_grad():
+        for p in generator.parameters():
+            p.add_(1.0)
+    generator.train()(torch.randn(8, 3))  # moves the batch-norm statistics
+    before = [p.clone() for p in ema.parameters()]
+    ema_update(ema, generator, 0.9)
+    for old, new, target in zip(before, ema.parameters(), generator.parameters()):
+        assert torch.allclose(new, old + 0.1 * (target - old))
+    for mine, theirs in zip(ema.buffers(), generator.buffers()):
+        assert torch.equal(mine, theirs)

@@ -19,6 +19,10 @@ class ImageSchema:
     channels: int
     num_classes: int
 
+    @property
+    def values_per_row(self) -> int:
+        return self.height * self.width * self.channels
+
 
 class GeneratorModel(Protocol):
     """One generator family; the training loop, sampler and evaluation need nothing else.
@@ -82,10 +86,51 @@ def unwrap(network):
     return network.module if hasattr(network, "module") else network
 
 
+def ema_update(ema, network, decay: float) -> None:
+    """ema ← decay·ema + (1 − decay)·network, in one fused update per tensor list (a loop
+    would launch a kernel per tensor on CUDA); buffers (batch-norm statistics) are copied."""
+    import torch
+
+    source = unwrap(network)
+    with torch.no_grad():
+        torch._foreach_lerp_(list(ema.parameters()), list(source.parameters()), 1 - decay)
+        torch._foreach_copy_(list(ema.buffers()), list(source.buffers()))
+
+
 def row_noise(seed: int, row_ids: np.ndarray, dim: int) -> np.ndarray:
     """Standard-normal noise per row id: the same id gives the same noise on any worker,
     whatever the batch boundaries, so sampling is reproducible under any parallelism."""
     return np.stack([np.random.default_rng([seed, int(i)]).standard_normal(dim) for i in row_ids]).astype(np.float32)
+
+
+def class_grid(model: GeneratorModel, sampler, num_classes: int, config: dict[str, Any],
+               per_class: int = 8) -> np.ndarray:
+    """uint8 (H·classes, W·per_class, C) grid, one row per class, from fixed noise (seed 0),
+    so grids of successive epochs compare."""
+    import torch
+
+    device = next(sampler.parameters()).device
+    labels = torch.arange(num_classes, device=device).repeat_interleave(per_class)
+    noise = torch.from_numpy(np.random.default_rng(0).standard_normal(
+        (len(labels), model.noise_dim(config))).astype(np.float32)).to(device)
+    was_training = sampler.training
+    sampler.eval()
+    with torch.no_grad():
+        images = model.sample(sampler, labels, noise).float().clamp(0, 1)
+    sampler.train(was_training)
+    pixels = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    h, w, c = pixels.shape[1:]
+    return pixels.reshape(num_classes, per_class, h, w, c).transpose(0, 2, 1, 3, 4).reshape(
+        num_classes * h, per_class * w, c)
+
+
+def save_png(pixels: np.ndarray, uri: str) -> None:
+    """(H, W, 1|3) uint8 → a PNG file at any fsspec URI."""
+    import fsspec
+    from PIL import Image
+
+    with fsspec.open(uri, "wb", auto_mkdir=True) as handle:
+        Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(handle, format="PNG")
 
 
 def save_generator(directory: str, model_name: str, sampler, schema: Any, config: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import spectral_norm
 
-from synth.models.base import ImageModel, ImageSchema
+from synth.models.base import ImageModel, ImageSchema, ema_update
 
 
 def _with_class_maps(x: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
@@ -103,13 +103,7 @@ class ConditionalGAN(ImageModel):
         optimizers["generator"].zero_grad(set_to_none=True)
         g_loss.backward()
         optimizers["generator"].step()
-        with torch.no_grad():
-            source = generator.module if hasattr(generator, "module") else generator
-            decay = ema.decay
-            for average, current in zip(ema.parameters(), source.parameters()):
-                average.lerp_(current, 1 - decay)
-            for average, current in zip(ema.buffers(), source.buffers()):
-                average.copy_(current)
+        ema_update(ema, generator, ema.decay)
         return {"loss": (d_loss + g_loss).detach(), "d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
 
     @torch.no_grad()

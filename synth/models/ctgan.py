@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from synth.models.base import ema_update, unwrap
 from synth.models.table import TableSchema, activate, condition_batch, condition_loss, table_inputs
 
 
@@ -84,7 +85,7 @@ class TabularGAN:
                       optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
         config = self.config
         generator, discriminator = networks["generator"], networks["discriminator"]
-        encoder = _unwrap(generator).schema.table
+        encoder = unwrap(generator).schema.table
         pac, tau = config["pac"], config["gumbel_tau"]
         usable = features.shape[0] // pac * pac  # PacGAN judges groups of `pac` rows
         if usable == 0:
@@ -110,12 +111,7 @@ class TabularGAN:
         optimizers["generator"].zero_grad(set_to_none=True)
         (adversarial + honour).backward()
         optimizers["generator"].step()
-        with torch.no_grad():
-            ema, source = networks["ema"], _unwrap(generator)
-            for average, current in zip(ema.parameters(), source.parameters()):
-                average.lerp_(current, 1 - config["ema_decay"])
-            for average, current in zip(ema.buffers(), source.buffers()):
-                average.copy_(current)
+        ema_update(networks["ema"], generator, config["ema_decay"])
         return {"d_loss": d_loss.detach(), "penalty": penalty.detach(), "g_loss": adversarial.detach(),
                 "condition": honour.detach()}
 
@@ -130,7 +126,3 @@ def _gradient_penalty(discriminator: nn.Module, real: torch.Tensor, fake: torch.
     mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     gradients = torch.autograd.grad(discriminator(mixed).sum(), mixed, create_graph=True)[0]
     return ((gradients.reshape(-1, pac * real.shape[1]).norm(2, dim=1) - 1) ** 2).mean()
-
-
-def _unwrap(network: nn.Module) -> nn.Module:
-    return network.module if hasattr(network, "module") else network

@@ -23,6 +23,10 @@ class TableSchema:
     def table(self) -> TableEncoder:
         return TableEncoder.from_json(self.encoder)
 
+    @property
+    def values_per_row(self) -> int:
+        return self.table.width
+
 
 def table_inputs(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor]:
     return (batch["features"].float(),)
