@@ -110,17 +110,20 @@ def _code_version() -> dict[str, Any]:
     return versions
 
 
-def train_config(spec: Spec, run_id: str, run_dir: str):
-    """The Ray Train settings of a run: (TrainConfig, checkpoint storage, Ray Train run name).
-    Unset spec values take the model's defaults."""
+def train_config(spec: Spec, run_id: str, run_dir: str, rows: int):
+    """The Ray Train settings of a run on `rows` training rows: (TrainConfig, checkpoint
+    storage, Ray Train run name). Unset spec values take the model's defaults."""
     from synth.models import get_model
-    from synth.models.base import with_defaults
+    from synth.models.base import default_epochs, with_defaults
     from synth.train import TrainConfig
 
     syn = spec.synthesize
-    model_config = with_defaults(get_model(syn.model), {"latent_dim": syn.latent_dim, "learning_rate": syn.learning_rate,
-                                                        "batch_size": syn.batch_size, "epochs": syn.epochs})
+    model = get_model(syn.model)
+    model_config = with_defaults(model, {"latent_dim": syn.latent_dim, "learning_rate": syn.learning_rate,
+                                         "batch_size": syn.batch_size, "epochs": syn.epochs})
     batch_size, epochs = model_config.pop("batch_size"), model_config.pop("epochs")
+    if syn.epochs is None:
+        epochs = default_epochs(model, rows, batch_size, syn.workers)
     storage = (os.path.abspath(syn.storage) if syn.storage and "://" not in syn.storage
                else syn.storage or os.path.join(run_dir, "train"))
     run_name = f"{spec.name}-{run_id}"
@@ -136,10 +139,11 @@ def train_generator(spec: Spec, run_id: str, run_dir: str, data: ray.data.Datase
     from synth.train import fit
 
     syn = spec.synthesize
-    config, storage, run_name = train_config(spec, run_id, run_dir)
+    data = data.random_shuffle(seed=spec.seed).materialize()
+    config, storage, run_name = train_config(spec, run_id, run_dir, data.count())
     log("train", f"{syn.model} on {what}, {syn.workers} worker(s), {'GPU' if syn.use_gpu else 'CPU'}, "
         f"global batch {config.batch_size * syn.workers}, {config.epochs} epochs")
-    trained = fit(data.random_shuffle(seed=spec.seed).materialize(), schema, config, workers=syn.workers,
+    trained = fit(data, schema, config, workers=syn.workers,
                   use_gpu=syn.use_gpu, storage_path=storage, run_name=run_name, max_failures=syn.max_failures,
                   model_dir=os.path.join(run_dir, "model"), keep_checkpoints=syn.keep_checkpoints)
     weights = io.resolve(os.path.join(trained.model_dir, "model.safetensors"))

@@ -145,7 +145,8 @@ class SynthesizeSpec(_Section):
     model: str | None = None
     """Default: `cvae` for images, `tvae` for tables."""
     epochs: int | None = Field(default=None, ge=1)
-    """Default: the model's own (cvae/cgan 30, tvae/ctgan 300)."""
+    """Default: the model's own (cvae/cgan 30, tvae/ctgan 300), for ctgan raised so that it
+    trains at least 10,000 steps (a GAN needs updates: small tables get more epochs)."""
     batch_size: int | None = Field(default=None, ge=1)
     """Per-worker batch size (default: the model's own, cvae 128, cgan 64); the global batch
     is `batch_size * workers`."""

@@ -135,3 +135,13 @@ def test_ema_tracks_the_trained_generator():
         assert torch.allclose(new, old + 0.1 * (target - old))
     for mine, theirs in zip(ema.buffers(), generator.buffers()):
         assert torch.equal(mine, theirs)
+
+
+def test_gan_default_epochs_reach_its_minimum_steps():
+    from synth.models.base import default_epochs
+
+    ctgan, tvae = get_model("ctgan"), get_model("tvae")
+    assert default_epochs(ctgan, 8_930, 500, 1) == 556  # 18 steps an epoch → 10,000 steps
+    assert default_epochs(ctgan, 8_930, 500, 2) == 1_112  # two workers: 9 steps an epoch each
+    assert default_epochs(ctgan, 2_000_000, 500, 1) == 300  # large tables keep the model's 300
+    assert default_epochs(tvae, 8_930, 500, 1) == 300

@@ -41,6 +41,9 @@ class GeneratorModel(Protocol):
     trained: ClassVar[tuple[str, ...]]
     defaults: ClassVar[dict[str, Any]]
     """Config defaults (`latent_dim`, `learning_rate`, …) that the spec may override."""
+    min_steps: ClassVar[int]
+    """When the spec leaves `epochs` unset, the default epochs are raised so training takes at
+    least this many steps (a GAN needs updates, not passes: small tables get more epochs)."""
 
     def build(self, schema: ImageSchema, config: dict[str, Any]) -> dict[str, Any]: ...
 
@@ -70,6 +73,7 @@ class ImageModel:
 
     modality = "image"
     schema_type = ImageSchema
+    min_steps = 0
 
     def inputs(self, batch: dict[str, Any]) -> tuple[Any, ...]:
         from synth.step import to_model_input
@@ -79,6 +83,12 @@ class ImageModel:
 
 def with_defaults(model: GeneratorModel, config: dict[str, Any]) -> dict[str, Any]:
     return {**model.defaults, **{k: v for k, v in config.items() if v is not None}}
+
+
+def default_epochs(model: GeneratorModel, rows: int, batch_size: int, workers: int) -> int:
+    """The model's default epochs, raised to reach `model.min_steps` steps on `rows` rows."""
+    steps_per_epoch = max(1, -(-rows // (batch_size * workers)))
+    return max(model.defaults["epochs"], -(-model.min_steps // steps_per_epoch))
 
 
 def unwrap(network):

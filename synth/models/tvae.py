@@ -43,6 +43,7 @@ class TabularVAE:
     modality = "table"
     schema_type = TableSchema
     trained = ("vae",)
+    min_steps = 0
     defaults = {"latent_dim": 128, "hidden": 128, "learning_rate": 1e-3, "batch_size": 500, "epochs": 300,
                 "loss_factor": 2.0}
 
