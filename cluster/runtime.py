@@ -42,6 +42,12 @@ def connect(address: str | None = None, temp_dir: str | None = None) -> None:
         configure_logging=True,
         logging_config=_worker_logging(),
     )
+    # Ray Data warns "does not have any available CPUs" when the resource view, which lags,
+    # still counts the CPUs of tasks that just finished; in a runtime that datakiln alone
+    # schedules, that is never a real hang, so mark the one-time warning as already shown.
+    from ray.util.debug import log_once
+
+    log_once("cpu_warning")
     _warm_workers(max(LOCAL_MIN_LOGICAL_CPUS, os.cpu_count() or 1))
 
 
@@ -54,7 +60,9 @@ def _warm_workers(count: int) -> None:
     first stage does not pay ~1 s of imports per worker (it overlaps with listing the source)."""
     import ray
 
-    warm = ray.remote(num_cpus=1)(_import_pipeline)
+    # num_cpus=0: the warm-up holds no CPU, so the first dataset finds its CPUs free (Ray Data warns
+    # "does not have any available CPUs" otherwise); the workers it starts are reused by it.
+    warm = ray.remote(num_cpus=0)(_import_pipeline)
     for _ in range(count):
         warm.remote()
 

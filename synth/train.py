@@ -194,7 +194,9 @@ def train_loop(config: dict[str, Any]) -> None:
         _record_attempt(cfg.attempts_uri, start, world)
         if device.type == "cuda":
             sys.stdout.write(f"[train] {precision} on {torch.cuda.get_device_name(device)}\n")
-        if start:
+        if start >= cfg.epochs:
+            sys.stdout.write(f"[train] already trained: all {cfg.epochs} epochs are in the last checkpoint (step {step})\n")
+        elif start:
             sys.stdout.write(f"[train] resuming at epoch {start + 1}/{cfg.epochs} (step {step})\n")
     shard = _Shard(ray.train.get_dataset_shard("train"), cfg.batch_size, device, cfg.seed * 1000 + rank)
     for epoch in range(start, cfg.epochs):
