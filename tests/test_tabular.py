@@ -11,7 +11,7 @@ import torch
 from pipeline.cli import main
 from pipeline.gates import TABLE_METRICS
 from synth.metrics.tabular import privacy, quality
-from synth.models.table import condition_batch
+from synth.models.table import activate, condition_batch, condition_loss, reconstruction_loss
 from synth.tabular import TableEncoder, infer_kinds
 from tests.conftest import load_published
 
@@ -61,6 +61,45 @@ def test_training_by_sampling_favours_rare_categories():
     # log(1+950) : log(1+50) ≈ 0.64 : 0.36, far above the raw 5 %.
     assert 0.3 < rare_share < 0.42
     assert torch.equal(features[rows][:, 0:2], cond)  # each condition matches its real row
+
+
+def test_whole_batch_span_ops_match_their_per_span_definition():
+    table = _mixed_table(300)
+    kinds = {k: v for k, v in infer_kinds(table).items() if k != "customer"}
+    encoder = TableEncoder.fit(table.select(list(kinds)), kinds, seed=0, primary="city")
+    target = torch.tensor(encoder.encode(table.select(list(kinds))))
+    raw = (torch.randn(len(target), encoder.width) * 3).requires_grad_(True)
+    sigmas = torch.rand(sum(s.activation == "tanh" for s in encoder.spans)) + 0.05
+    expected_rows, expected_loss, offset = [], 0.0, 0
+    for span in encoder.spans:
+        block, truth = raw[:, span.start:span.start + span.width], target[:, span.start:span.start + span.width]
+        if span.activation == "tanh":
+            expected_rows.append(torch.tanh(block))
+            expected_loss += ((truth - torch.tanh(block)) ** 2 / (2 * sigmas[offset] ** 2)).sum() + torch.log(sigmas[offset]) * len(raw)
+            offset += 1
+        elif span.activation == "sigmoid":
+            expected_rows.append(torch.sigmoid(block))
+            expected_loss += torch.nn.functional.binary_cross_entropy_with_logits(block, truth, reduction="sum")
+        else:
+            expected_rows.append(torch.softmax(block, 1))
+            expected_loss += torch.nn.functional.cross_entropy(block, truth.argmax(1), reduction="sum")
+    assert {"tanh", "sigmoid", "softmax"} <= {s.activation for s in encoder.spans}
+    torch.testing.assert_close(activate(raw, encoder), torch.cat(expected_rows, 1))
+    loss = reconstruction_loss(raw, target, encoder, sigmas)
+    torch.testing.assert_close(loss, expected_loss)
+    torch.testing.assert_close(torch.autograd.grad(loss, raw)[0], torch.autograd.grad(expected_loss, raw)[0])
+
+    _, cond, columns = condition_batch(target, encoder, log_frequency=True, generator=torch.Generator().manual_seed(0))
+    expected = sum(torch.nn.functional.cross_entropy(raw[i:i + 1, item.start:item.start + item.size],
+                                                     cond[i:i + 1, item.cond_start:item.cond_start + item.size].argmax(1))
+                   for i, item in ((i, encoder.discrete[c]) for i, c in enumerate(columns.tolist())))
+    torch.testing.assert_close(condition_loss(raw, cond, columns, encoder), expected / len(raw))
+
+    huge = (raw.detach() * 1e4).requires_grad_(True)  # each span's own max keeps exp finite
+    sampled = activate(huge, encoder, gumbel_tau=0.2)
+    sampled.sum().backward()
+    assert torch.isfinite(sampled).all() and torch.isfinite(huge.grad).all()
+    assert torch.isfinite(reconstruction_loss(huge, target, encoder, sigmas))
 
 
 def test_quality_and_privacy_sanity():

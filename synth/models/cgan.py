@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import spectral_norm
 
-from synth.models.base import ImageModel, ImageSchema, ema_update
+from synth.models.base import ImageModel, ImageSchema, adam, ema_update
 
 
 def _with_class_maps(x: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
@@ -80,8 +80,8 @@ class ConditionalGAN(ImageModel):
 
     def optimizers(self, networks: dict[str, nn.Module], config: dict[str, Any]) -> dict[str, torch.optim.Optimizer]:
         lr = config["learning_rate"]
-        return {"generator": torch.optim.Adam(networks["generator"].parameters(), lr=lr, betas=(0.5, 0.999)),
-                "discriminator": torch.optim.Adam(networks["discriminator"].parameters(), lr=lr, betas=(0.5, 0.999))}
+        return {"generator": adam(networks["generator"].parameters(), lr=lr, betas=(0.5, 0.999)),
+                "discriminator": adam(networks["discriminator"].parameters(), lr=lr, betas=(0.5, 0.999))}
 
     def noise_dim(self, config: dict[str, Any]) -> int:
         return config["latent_dim"]

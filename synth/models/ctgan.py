@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from synth.models.base import ema_update, unwrap
+from synth.models.base import adam, ema_update, unwrap
 from synth.models.table import TableSchema, activate, condition_batch, condition_loss, table_inputs
 
 
@@ -38,14 +38,27 @@ class _Generator(nn.Module):
         return self.body(torch.cat([noise, cond], 1))
 
 
+class _Dropout(nn.Module):
+    """Inverted dropout from a uniform draw: on CPU, `nn.Dropout`'s bernoulli_ costs twice as much."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        return x * (torch.rand_like(x) >= self.p) / (1 - self.p)
+
+
 class _Discriminator(nn.Module):
     def __init__(self, schema: TableSchema, hidden: int, pac: int):
         super().__init__()
         encoder = schema.table
         self.pac = pac
         self.body = nn.Sequential(
-            nn.Linear((encoder.width + encoder.cond_width) * pac, hidden), nn.LeakyReLU(0.2), nn.Dropout(0.5),
-            nn.Linear(hidden, hidden), nn.LeakyReLU(0.2), nn.Dropout(0.5), nn.Linear(hidden, 1))
+            nn.Linear((encoder.width + encoder.cond_width) * pac, hidden), nn.LeakyReLU(0.2), _Dropout(0.5),
+            nn.Linear(hidden, hidden), nn.LeakyReLU(0.2), _Dropout(0.5), nn.Linear(hidden, 1))
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         return self.body(rows.reshape(-1, rows.shape[1] * self.pac))
@@ -78,7 +91,7 @@ class TabularGAN:
         return table_inputs(batch)
 
     def optimizers(self, networks: dict[str, nn.Module], config: dict[str, Any]) -> dict[str, torch.optim.Optimizer]:
-        return {name: torch.optim.Adam(networks[name].parameters(), lr=config["learning_rate"], betas=(0.5, 0.9),
+        return {name: adam(networks[name].parameters(), lr=config["learning_rate"], betas=(0.5, 0.9),
                                        weight_decay=1e-6) for name in self.trained}
 
     def noise_dim(self, config: dict[str, Any], schema: TableSchema) -> int:
@@ -98,9 +111,10 @@ class TabularGAN:
         rows, cond, columns = condition_batch(features, encoder, log_frequency=True)
         real = torch.cat([features[rows], cond], 1)
         noise = torch.randn(usable, config["latent_dim"], device=features.device)
-        fake = torch.cat([activate(generator(noise, cond), encoder, tau), cond], 1)
-        d_loss = discriminator(fake.detach()).mean() - discriminator(real).mean()
-        penalty = config["gradient_penalty"] * _gradient_penalty(discriminator, real, fake.detach(), pac)
+        with torch.no_grad():
+            fake = torch.cat([activate(generator(noise, cond), encoder, tau), cond], 1)
+        d_loss, penalty = _critic_losses(discriminator, real, fake, pac)
+        penalty = config["gradient_penalty"] * penalty
         optimizers["discriminator"].zero_grad(set_to_none=True)
         (d_loss + penalty).backward()
         optimizers["discriminator"].step()
@@ -123,9 +137,13 @@ class TabularGAN:
         return activate(sampler(noise, cond).float(), sampler.schema.table)
 
 
-def _gradient_penalty(discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor, pac: int) -> torch.Tensor:
-    """WGAN-GP on interpolates, one mixing weight per pac group (as in CTGAN)."""
+def _critic_losses(discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                   pac: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The WGAN critic loss and its gradient penalty on interpolates (one mixing weight per
+    pac group, as in CTGAN); fake and real rows are judged in one pass."""
     alpha = torch.rand(real.shape[0] // pac, 1, 1, device=real.device).repeat(1, pac, real.shape[1]).reshape(real.shape)
     mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    fake_score, real_score = discriminator(torch.cat([fake, real])).chunk(2)
     gradients = torch.autograd.grad(discriminator(mixed).sum(), mixed, create_graph=True)[0]
-    return ((gradients.reshape(-1, pac * real.shape[1]).norm(2, dim=1) - 1) ** 2).mean()
+    penalty = ((gradients.reshape(-1, pac * real.shape[1]).norm(2, dim=1) - 1) ** 2).mean()
+    return fake_score.mean() - real_score.mean(), penalty

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from synth.models.base import ImageModel, ImageSchema
+from synth.models.base import ImageModel, ImageSchema, adam
 
 
 class _CVAE(nn.Module):
@@ -72,7 +72,7 @@ class ConditionalVAE(ImageModel):
         return "vae"
 
     def optimizers(self, networks: dict[str, nn.Module], config: dict[str, Any]) -> dict[str, torch.optim.Optimizer]:
-        return {"vae": torch.optim.Adam(networks["vae"].parameters(), lr=config["learning_rate"])}
+        return {"vae": adam(networks["vae"].parameters(), lr=config["learning_rate"])}
 
     def noise_dim(self, config: dict[str, Any]) -> int:
         return config["latent_dim"]

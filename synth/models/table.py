@@ -1,8 +1,10 @@
 """What the tabular generators (`tvae`, `ctgan`) share: their schema, output activations,
-per-span reconstruction losses and the condition vectors they train on."""
+per-span reconstruction losses and the condition vectors they train on, each computed for
+all spans at once through a `SpanLayout`."""
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -32,39 +34,116 @@ def table_inputs(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor]:
     return (batch["features"].float(),)
 
 
+class SpanLayout:
+    """An encoder's spans as index tensors and 0/1 matrices, so a batch's activations and
+    losses are a handful of whole-batch ops rather than a few small ops per span: a softmax in
+    every span at once is an exp and one product with the (column, column) same-span matrix."""
+
+    def __init__(self, encoder: TableEncoder, device: torch.device):
+        spans, discrete, width = encoder.spans, encoder.discrete, encoder.width
+        activation = [""] * width
+        for span in spans:
+            activation[span.start:span.start + span.width] = [span.activation] * span.width
+        softmax_spans = [s for s in spans if s.activation == "softmax"]
+        segment = torch.full((width,), len(softmax_spans), dtype=torch.long)  # other columns share one extra
+        for i, span in enumerate(softmax_spans):
+            segment[span.start:span.start + span.width] = i
+
+        def where(kind: str) -> torch.Tensor:
+            return torch.tensor([a == kind for a in activation], device=device)
+
+        self.is_offset, self.is_bit, self.is_softmax = where("tanh"), where("sigmoid"), where("softmax")
+        self.offsets = torch.nonzero(self.is_offset).flatten()
+        self.bits = torch.nonzero(self.is_bit).flatten()
+        self.segment = segment.to(device)
+        membership = F.one_hot(segment, len(softmax_spans) + 1).float()
+        self.same_span = (membership @ membership.T).to(device)
+        # Each span's columns padded to the widest by repeating its last column, so a view
+        # of one index_select holds every span and its max needs no mask.
+        widest = max((s.width for s in softmax_spans), default=1)
+        span_columns = torch.zeros(len(softmax_spans) + 1, widest, dtype=torch.long)
+        for i, span in enumerate(softmax_spans):
+            span_columns[i] = torch.arange(span.start, span.start + widest).clamp(max=span.start + span.width - 1)
+        self.span_columns, self.widest = span_columns.flatten().to(device), widest
+        # Conditionable columns: where each condition slot sits in the encoded row, and which
+        # category each encoded column stands for (read off a one-hot with one product).
+        placement = torch.zeros(encoder.cond_width, width)
+        category_reader = torch.zeros(width, len(discrete))
+        for j, item in enumerate(discrete):
+            placement[item.cond_start + torch.arange(item.size), item.start + torch.arange(item.size)] = 1.0
+            category_reader[item.start:item.start + item.size, j] = torch.arange(item.size, dtype=torch.float32)
+        self.placement, self.category_reader = placement.to(device), category_reader.to(device)
+        self.cond_starts = torch.tensor([d.cond_start for d in discrete], dtype=torch.long, device=device)
+        # Training-by-sampling weight of each (column, category) pair: p_c(v) / count_c(v) with
+        # p_c ∝ log(1 + count); the encoder's `primary` column counts as much as all others.
+        self.column_weight = torch.ones(len(discrete), device=device)
+        names = [d.name for d in discrete]
+        if encoder.primary in names and len(discrete) > 1:
+            self.column_weight[names.index(encoder.primary)] = len(discrete) - 1
+        self.pair_weight = torch.zeros(len(discrete), max((d.size for d in discrete), default=1), device=device)
+        for j, item in enumerate(discrete):
+            counts = torch.tensor(item.counts, dtype=torch.float32, device=device)
+            self.pair_weight[j, :item.size] = torch.log1p(counts) / torch.log1p(counts).sum() / counts * self.column_weight[j]
+
+    @staticmethod
+    def of(encoder: TableEncoder, device: torch.device) -> SpanLayout:
+        """The layout of `encoder` on `device`, built once per encoder and device."""
+        layouts = _LAYOUTS.setdefault(encoder, {})
+        if device not in layouts:
+            with torch.autocast(device.type, enabled=False):
+                layouts[device] = SpanLayout(encoder, device)
+        return layouts[device]
+
+    def _shifted(self, logits: torch.Tensor) -> torch.Tensor:
+        """Softmax-span logits less their span's maximum (so exp cannot overflow); 0 elsewhere."""
+        peak = logits.detach().index_select(1, self.span_columns).view(len(logits), -1, self.widest).amax(2)
+        return torch.where(self.is_softmax, logits - peak.index_select(1, self.segment), 0.0)
+
+    def _span_sums(self, values: torch.Tensor) -> torch.Tensor:
+        """Each column's span total, in fp32 even under autocast."""
+        with torch.autocast(values.device.type, enabled=False):
+            return values.float() @ self.same_span
+
+    def softmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """A softmax within every softmax span (other columns: meaningless, mask them)."""
+        exp = torch.exp(self._shifted(logits))
+        return exp / self._span_sums(exp)
+
+    def log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
+        shifted = self._shifted(logits)
+        return shifted - torch.log(self._span_sums(torch.exp(shifted)))
+
+    def categories(self, rows: torch.Tensor) -> torch.Tensor:
+        """`(rows, conditionable columns)`: the category index of each one-hot."""
+        with torch.autocast(rows.device.type, enabled=False):
+            return (rows.float() @ self.category_reader).round().long()
+
+
+_LAYOUTS: weakref.WeakKeyDictionary[TableEncoder, dict[torch.device, SpanLayout]] = weakref.WeakKeyDictionary()
+
+
 def activate(raw: torch.Tensor, encoder: TableEncoder, gumbel_tau: float | None = None) -> torch.Tensor:
     """Generator outputs → encoded rows: tanh offsets, (Gumbel-)softmax one-hots, sigmoid bits."""
-    parts = []
-    for span in encoder.spans:
-        block = raw[:, span.start:span.start + span.width]
-        if span.activation == "tanh":
-            parts.append(torch.tanh(block))
-        elif span.activation == "sigmoid":
-            parts.append(torch.sigmoid(block))
-        elif gumbel_tau is not None:
-            parts.append(F.gumbel_softmax(block, tau=gumbel_tau))
-        else:
-            parts.append(torch.softmax(block, dim=1))
-    return torch.cat(parts, dim=1)
+    layout = SpanLayout.of(encoder, raw.device)
+    logits = raw
+    if gumbel_tau is not None:  # Gumbel noise as -log(-log U): far cheaper on CPU than exponential_
+        uniform = torch.rand_like(raw).clamp_(min=torch.finfo(raw.dtype).tiny)
+        logits = (raw - torch.log(-torch.log(uniform))) / gumbel_tau
+    return torch.where(layout.is_offset, torch.tanh(raw),
+                       torch.where(layout.is_bit, torch.sigmoid(raw), layout.softmax(logits)))
 
 
 def reconstruction_loss(raw: torch.Tensor, target: torch.Tensor, encoder: TableEncoder,
                         sigmas: torch.Tensor) -> torch.Tensor:
     """Summed per-row negative log-likelihood of `target` under the decoder's outputs: Gaussian
     (learned σ per offset) for offsets, cross-entropy for one-hots, Bernoulli for bits."""
-    total, offset_index = raw.new_zeros(()), 0
-    for span in encoder.spans:
-        block, truth = raw[:, span.start:span.start + span.width], target[:, span.start:span.start + span.width]
-        if span.activation == "tanh":
-            sigma = sigmas[offset_index]
-            offset_index += 1
-            total = total + ((truth[:, 0] - torch.tanh(block[:, 0])) ** 2 / (2 * sigma ** 2)).sum() \
-                + torch.log(sigma) * len(block)
-        elif span.activation == "sigmoid":
-            total = total + F.binary_cross_entropy_with_logits(block, truth, reduction="sum")
-        else:
-            total = total + F.cross_entropy(block, truth.argmax(1), reduction="sum")
-    return total
+    layout = SpanLayout.of(encoder, raw.device)
+    offset_error = target.index_select(1, layout.offsets) - torch.tanh(raw.index_select(1, layout.offsets))
+    gaussian = (offset_error ** 2 / (2 * sigmas ** 2)).sum() + torch.log(sigmas).sum() * len(raw)
+    bernoulli = F.binary_cross_entropy_with_logits(raw.index_select(1, layout.bits), target.index_select(1, layout.bits),
+                                                   reduction="sum")
+    categorical = -(layout.log_softmax(raw) * target * layout.is_softmax).sum()
+    return gaussian + bernoulli + categorical
 
 
 def offsets(encoder: TableEncoder) -> int:
@@ -84,39 +163,27 @@ def condition_batch(features: torch.Tensor, encoder: TableEncoder, log_frequency
     all conditions either way, since sampling conditions on it by default.
     """
     n, device = features.shape[0], features.device
-    discrete = encoder.discrete
-    if not discrete:
+    if not encoder.discrete:
         return torch.arange(n, device=device), features.new_zeros((n, 0)), torch.zeros(n, dtype=torch.long, device=device)
-    categories = torch.stack([features[:, d.start:d.start + d.size].argmax(1) for d in discrete], 1)
-    names = [d.name for d in discrete]
-    column_weight = torch.ones(len(discrete), device=device)
-    if encoder.primary in names and len(discrete) > 1:
-        column_weight[names.index(encoder.primary)] = len(discrete) - 1
+    layout = SpanLayout.of(encoder, device)
+    categories = layout.categories(features)
     if log_frequency:
-        weights = []
-        for j, item in enumerate(discrete):
-            counts = torch.tensor(item.counts, dtype=torch.float32, device=device)
-            share = torch.log1p(counts) / torch.log1p(counts).sum()
-            weights.append(share[categories[:, j]] / counts[categories[:, j]] * column_weight[j])
-        picks = torch.multinomial(torch.stack(weights, 1).flatten(), n, replacement=True, generator=generator)
-        rows, columns = picks // len(discrete), picks % len(discrete)
+        weights = layout.pair_weight.gather(1, categories.T).T  # (rows, columns)
+        picks = torch.multinomial(weights.flatten(), n, replacement=True, generator=generator)
+        rows, columns = picks // categories.shape[1], picks % categories.shape[1]
     else:
         rows = torch.arange(n, device=device)
-        columns = torch.multinomial(column_weight, n, replacement=True, generator=generator)
-    starts = torch.tensor([d.cond_start for d in discrete], device=device)
+        columns = torch.multinomial(layout.column_weight, n, replacement=True, generator=generator)
     cond = features.new_zeros((n, encoder.cond_width))
-    cond[torch.arange(n, device=device), starts[columns] + categories[rows, columns]] = 1.0
+    cond[torch.arange(n, device=device), layout.cond_starts[columns] + categories[rows, columns]] = 1.0
     return rows, cond, columns
 
 
 def condition_loss(raw: torch.Tensor, cond: torch.Tensor, columns: torch.Tensor, encoder: TableEncoder) -> torch.Tensor:
     """Mean cross-entropy between the generated one-hot of each row's conditioned column and
     the value asked for (CTGAN's generator penalty)."""
-    total = raw.new_zeros(())
-    for j, item in enumerate(encoder.discrete):
-        chosen = columns == j
-        if chosen.any():
-            logits = raw[chosen, item.start:item.start + item.size]
-            target = cond[chosen, item.cond_start:item.cond_start + item.size].argmax(1)
-            total = total + F.cross_entropy(logits, target, reduction="sum")
-    return total / max(len(raw), 1)
+    if not encoder.discrete:
+        return raw.new_zeros(())
+    layout = SpanLayout.of(encoder, raw.device)
+    asked = cond @ layout.placement  # each row's condition, placed on its column's one-hot
+    return -(layout.log_softmax(raw) * asked).sum() / max(len(raw), 1)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from synth.models.base import adam
 from synth.models.table import TableSchema, activate, condition_batch, offsets, reconstruction_loss, table_inputs
 
 
@@ -63,7 +64,7 @@ class TabularVAE:
         return table_inputs(batch)
 
     def optimizers(self, networks: dict[str, nn.Module], config: dict[str, Any]) -> dict[str, torch.optim.Optimizer]:
-        return {"vae": torch.optim.Adam(networks["vae"].parameters(), lr=config["learning_rate"], weight_decay=1e-5)}
+        return {"vae": adam(networks["vae"].parameters(), lr=config["learning_rate"], weight_decay=1e-5)}
 
     def noise_dim(self, config: dict[str, Any], schema: TableSchema) -> int:
         """The latent code, then one standard normal per numeric offset."""
