@@ -1,4 +1,4 @@
-"""Tabular generators: datakiln's `tvae`/`ctgan` (Ray Train loop, 1 worker) against the
+"""Tabular generators: datakiln's `tvae`/`ctgan` (Ray Train loop, `--workers` workers) against the
 `ctgan` PyPI package's TVAE/CTGAN with the same epochs and batch size on the same split of
 bank.csv, in one run: training rows/s (setup excluded) and `quality_score` from the same
 metric code. Last line: one JSON object.
@@ -43,8 +43,9 @@ def plan_for(train, encoder) -> list[tuple[str, object, int]]:
     return [(TARGET, encoder.category_key(TARGET, v), int(n)) for v, n in zip(values, counts)]
 
 
-def datakiln_run(name: str, train, epochs: int, batch_size: int) -> tuple[float, object]:
-    """Median training rows/s per epoch through the Ray Train loop, and the sampled table."""
+def datakiln_run(name: str, train, epochs: int, batch_size: int, workers: int) -> tuple[float, object]:
+    """Median training rows/s per epoch through the Ray Train loop (`workers` workers sharing
+    the global batch), and the sampled table."""
     import pyarrow as pa
     import ray
     import ray.data
@@ -65,10 +66,10 @@ def datakiln_run(name: str, train, epochs: int, batch_size: int) -> tuple[float,
     with tempfile.TemporaryDirectory() as folder:
         config = TrainConfig(model=name, model_config={k: v for k, v in with_defaults(get_model(name), {}).items()
                                                        if k not in ("batch_size", "epochs")},
-                             epochs=epochs, batch_size=batch_size, seed=0,
+                             epochs=epochs, batch_size=batch_size // workers, seed=0,
                              attempts_uri=os.path.join(folder, "train", name, "datakiln-attempts"),
                              checkpoint_every=max(1, epochs // 10))
-        result = fit(data, TableSchema(encoder.to_json()), config, workers=1, use_gpu=False,
+        result = fit(data, TableSchema(encoder.to_json()), config, workers=workers, use_gpu=False,
                      storage_path=os.path.join(folder, "train"), run_name=name, max_failures=0,
                      model_dir=os.path.join(folder, "model"))
         rates = [row["rows_per_s"] for row in result.history]
@@ -121,6 +122,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--models", default="tvae,ctgan")
+    parser.add_argument("--workers", type=int, default=1, help="datakiln's Ray Train workers; each takes "
+                        "batch-size / workers rows of the global batch")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     from synth.metrics.tabular import evaluate_table
@@ -128,10 +131,13 @@ def main() -> None:
 
     train, test = split()
     kinds = infer_kinds(train)
-    results = {"rows": train.num_rows, "epochs": args.epochs, "batch_size": args.batch_size}
-    for name in args.models.split(","):
-        ours_rate, ours = datakiln_run(name, train, args.epochs, args.batch_size)
-        theirs_rate, theirs = pypi_run(name, train, args.epochs, args.batch_size)
+    results = {"rows": train.num_rows, "epochs": args.epochs, "batch_size": args.batch_size, "workers": args.workers}
+    names = args.models.split(",")
+    # The package first, before Ray starts: Ray's processes would otherwise share its cores.
+    package = {name: pypi_run(name, train, args.epochs, args.batch_size) for name in names}
+    for name in names:
+        ours_rate, ours = datakiln_run(name, train, args.epochs, args.batch_size, args.workers)
+        theirs_rate, theirs = package[name]
         ours_metrics = evaluate_table(train, test, ours, kinds, TARGET, 0)
         theirs_metrics = evaluate_table(train, test, theirs, kinds, TARGET, 0)
         print(f"{name}: datakiln {ours_rate:.0f} rows/s, quality {ours_metrics['quality_score']:.4f}, "
