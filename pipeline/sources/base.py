@@ -31,4 +31,6 @@ def num_blocks(rows: int, per_block: int = RECORDS_PER_BLOCK) -> int:
 def paths_dataset(paths: list[str], per_block: int, **columns: list) -> ray.data.Dataset:
     """A dataset of file paths (plus any small per-file columns) to fan file reads out over the cluster."""
     table = pa.table({"path": pa.array(paths, pa.string()), **columns})
-    return ray.data.from_arrow([table.slice(start, per_block) for start in range(0, max(1, len(paths)), per_block)])
+    # from_blocks types the blocks here; from_arrow runs a task per block for that, which
+    # waits seconds for workers that are still starting.
+    return ray.data.from_blocks([table.slice(start, per_block) for start in range(0, max(1, len(paths)), per_block)])
