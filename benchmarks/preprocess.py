@@ -9,7 +9,9 @@ with the label and a source reference.
 - `single`: one Python process, PIL + numpy + pyarrow;
 - `datasets_map`: `datasets.Dataset.map(num_proc=2)` then `to_parquet`;
 - `datakiln`: `datakiln run` with synthesis off (collect → preprocess → annotate → split →
-  publish), Ray started before the clock.
+  publish), Ray started before the clock. It does the same work but one step: an input PNG
+  whose pixels preprocessing left unchanged (8-bit grey or RGB) is published as it is, so
+  these files are decoded, checked and hashed but not encoded again.
 
 Each contender runs in its own process; peak memory is the largest sum of PSS over that
 process and all its descendants (Ray's raylet, GCS and workers included), sampled every

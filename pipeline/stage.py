@@ -2,7 +2,8 @@
 
 One streaming pass over the source runs the fused row operators on each block, writes the
 block to Parquet under `<run_root>/<name>/stages/<key>/` (pixels as raw uint8, so no image
-is encoded twice: PNG happens once, at publish) and returns only the block's narrow keys
+is encoded twice: PNG happens once, at publish; an input PNG whose pixels no operator
+changed is kept as is and published without encoding) and returns only the block's narrow keys
 (source reference and its hash, content hash, perceptual hash, raw label, reject reason). Decisions
 that need every row (dedup, labels, split) are then made on those keys.
 
@@ -205,7 +206,9 @@ def _stage_block(batch: dict[str, np.ndarray], fused: ops.FusedRowOps, folder: i
     name = f"part-{hashlib.blake2b(str(out['source_ref'][0]).encode(), digest_size=8).hexdigest()}.parquet"
     path = folder.join(name).path
     with folder.fs.open(path, "wb") as handle:
-        pq.write_table(pa.table({"image": pixels, "source_ref": refs}), handle, compression="lz4")
+        pq.write_table(pa.table({"image": pixels, "source_ref": refs,
+                                 "png": pa.array([png or None for png in out["png"]], pa.binary())}),
+                       handle, compression="lz4")
     keys = {"source_ref": refs, "ref_hash": pa.array(ref_hashes(out["source_ref"]), pa.uint64()),
             "content_hash": pa.array([bytes.fromhex(h) if h else bytes(16) for h in out["content_hash"]], pa.binary(16)),
             "label": pa.array([None] * count if labels is None else list(labels)),
@@ -253,7 +256,8 @@ def _publish_group(batch: dict[str, np.ndarray], stage: io.Location, out: io.Loc
         for split, code in SPLIT_CODES.items():
             rows = start + np.flatnonzero(codes[offset + start:offset + end] == code)
             count = len(rows)
-            pngs = pa.array([encode_png(images[i]) for i in rows], pa.binary())
+            kept = part["png"].to_pylist()  # the input's own PNG where its pixels are unchanged
+            pngs = pa.array([kept[i] or encode_png(images[i]) for i in rows], pa.binary())
             at = offset + rows
             values = {name: pa.array(columns[name][at], schema.field(name).type)
                       for name in ("label", "label_confidence", "label_issue", "suggested_label") if name in columns}
@@ -283,7 +287,7 @@ def _read_part(batch: dict[str, np.ndarray], folder: io.Location, codes: np.ndar
                want: int, shape: tuple[int, int, int]) -> Iterator[dict[str, np.ndarray]]:
     path, offset = str(batch["file"][0]), int(batch["offset"][0])
     with folder.fs.open(path, "rb") as handle:
-        table = pq.read_table(handle)
+        table = pq.read_table(handle, columns=["image", "source_ref"])
     rows = np.flatnonzero(codes[offset:offset + table.num_rows] == want)
     if len(rows):  # nothing for a part without rows of this split: Ray cannot type an empty tensor batch
         yield {"image": _pixels(table, shape)[rows], "label": labels[offset + rows].astype(np.int64),

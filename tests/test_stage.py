@@ -3,6 +3,7 @@ inputs; `--fresh` and changed inputs recompute it."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -86,3 +87,33 @@ def test_near_duplicates_are_dropped_deterministically_with_examples(tmp_path):
     assert [r["reason"].split(" (")[0] for r in rejects] == [f"near_dedup: near duplicate of {example['kept']}"]
     again = run(_spec(tmp_path, "b", ops=ops))
     assert again.lineage["duplicates"] == report.lineage["duplicates"]
+
+
+def test_unchanged_input_pngs_are_published_as_they_are(tmp_path):
+    """An 8-bit grey PNG that no operator changed is published byte for byte; a JPEG, a 16-bit
+    PNG and a PNG the resize changed are encoded again from their pixels."""
+    import datasets
+    from PIL import Image
+
+    images, _ = blob_images(6, size=12)
+    root = tmp_path / "images" / "0"
+    root.mkdir(parents=True)
+    plain = {f"{i}.png": png_bytes(images[i]) for i in range(3)}
+    for name, content in plain.items():
+        (root / name).write_bytes(content)
+    (root / "3.jpg").write_bytes(png_bytes(images[3], "JPEG"))
+    Image.fromarray(images[4].astype(np.uint16) * 257).save(root / "4.png")
+    Image.fromarray(np.kron(images[5], np.ones((2, 2), np.uint8))).save(root / "5.png")  # 24x24: resized
+    run(_spec(tmp_path, "out", ops=[{"op": "decode"}, {"op": "color"}, {"op": "resize", "size": 12}]))
+    published = {}
+    for split in ("train", "test"):
+        rows = load_published(tmp_path / "out", split=split, tmp_path=tmp_path)
+        for row in rows.cast_column("image", datasets.Image(decode=False)):
+            published[row["source_ref"].rsplit("/", 1)[1]] = row["image"]["bytes"]
+    assert sorted(published) == ["0.png", "1.png", "2.png", "3.jpg", "4.png", "5.png"]
+    for name, content in plain.items():
+        assert published[name] == content
+    for name in ("3.jpg", "4.png", "5.png"):
+        assert published[name] != (root / name).read_bytes()
+        decoded = np.asarray(Image.open(io.BytesIO(published[name])))
+        assert published[name][:8] == b"\x89PNG\r\n\x1a\n" and decoded.shape == (12, 12) and decoded.dtype == np.uint8

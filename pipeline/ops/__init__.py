@@ -29,8 +29,10 @@ class FusedRowOps:
 
     Input: `image` (arrays) or `image_bytes` (encoded), optionally `reject_reason` (a source
     that could not read a record), plus any other columns, which pass through. Output adds
-    `reject_reason` and `content_hash`; every image has `shape`
-    (rejected rows carry zeros, so the column stays one fixed-shape tensor).
+    `reject_reason`, `content_hash` and `png`: the record's own bytes when they are an 8-bit
+    grey or RGB PNG whose pixels no operator changed (publish reuses them instead of
+    encoding the same pixels again), else empty. Every image has `shape` (rejected rows
+    carry zeros, so the column stays one fixed-shape tensor).
     """
 
     def __init__(self, ops: list[RowOp], shape: ImageShape):
@@ -39,8 +41,13 @@ class FusedRowOps:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = list(batch.pop("image_bytes")) if "image_bytes" in batch else list(batch.pop("image"))
         reasons = list(batch.pop(REJECT_REASON)) if REJECT_REASON in batch else [""] * len(values)
-        for op in self.ops:
+        sources = [v if _plain_png(v) else None for v in values]
+        self.ops[0].run(values, reasons)  # decode
+        decoded = list(values)
+        for op in self.ops[1:]:
             op.run(values, reasons)
+        pngs = [source if source is not None and value is first else b""
+                for source, value, first in zip(sources, values, decoded)]
         target = (self.shape.height, self.shape.width, self.shape.channels)
         images = np.zeros((len(values), *target), dtype=np.uint8)
         hashes = [""] * len(values)
@@ -57,7 +64,14 @@ class FusedRowOps:
             "image": images,
             "content_hash": np.array(hashes, dtype=object),
             REJECT_REASON: np.array(reasons, dtype=object),
+            "png": np.array([png if not reason else b"" for png, reason in zip(pngs, reasons)], dtype=object),
         }
+
+
+def _plain_png(value) -> bool:
+    """An 8-bit, non-interlaced grey or RGB PNG: it decodes to exactly the array it stores."""
+    return (isinstance(value, bytes) and value[:8] == b"\x89PNG\r\n\x1a\n" and value[12:16] == b"IHDR"
+            and len(value) > 28 and value[24] == 8 and value[25] in (0, 2) and value[28] == 0)
 
 
 def split_ops(entries: list[dict[str, Any]]) -> tuple[list[RowOp], list[DatasetOp]]:
