@@ -11,7 +11,7 @@ import torch
 from pipeline.cli import main
 from pipeline.gates import TABLE_METRICS
 from synth.metrics.tabular import privacy, quality
-from synth.models.table import activate, condition_batch, condition_loss, reconstruction_loss
+from synth.models.table import activate, condition_batch, condition_loss, draw, reconstruction_loss
 from synth.tabular import TableEncoder, infer_kinds
 from tests.conftest import load_published
 
@@ -100,6 +100,28 @@ def test_whole_batch_span_ops_match_their_per_span_definition():
     sampled.sum().backward()
     assert torch.isfinite(sampled).all() and torch.isfinite(huge.grad).all()
     assert torch.isfinite(reconstruction_loss(huge, target, encoder, sigmas))
+
+
+def test_draw_samples_each_span_from_its_probabilities():
+    table = _mixed_table(300)
+    kinds = {k: v for k, v in infer_kinds(table).items() if k != "customer"}
+    encoder = TableEncoder.fit(table.select(list(kinds)), kinds, seed=0, max_one_hot=50)
+    rows = 40_000
+    logits = torch.randn(1, encoder.width, generator=torch.Generator().manual_seed(1)) * 2
+    noise = torch.randn(rows, encoder.width, generator=torch.Generator().manual_seed(2))
+    drawn = draw(logits.expand(rows, -1), encoder, noise)
+    assert {"tanh", "sigmoid", "softmax"} <= {s.activation for s in encoder.spans}
+    for span in encoder.spans:
+        block, logit = drawn[:, span.start:span.start + span.width], logits[0, span.start:span.start + span.width]
+        if span.activation == "tanh":
+            torch.testing.assert_close(block, torch.tanh(logit).expand(rows, -1))
+        elif span.activation == "sigmoid":  # code bits: Bernoulli(sigmoid)
+            assert set(block.unique().tolist()) <= {0.0, 1.0}
+            torch.testing.assert_close(block.mean(0), torch.sigmoid(logit), atol=0.01, rtol=0)
+        else:  # one-hots: exactly one category per row, drawn with softmax probabilities
+            assert torch.equal(block.sum(1), torch.ones(rows))
+            torch.testing.assert_close(block.mean(0), torch.softmax(logit, 0), atol=0.01, rtol=0)
+    assert torch.equal(draw(logits.expand(rows, -1), encoder, noise), drawn)  # the noise decides every draw
 
 
 def test_quality_and_privacy_sanity():

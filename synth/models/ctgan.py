@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from synth.models.base import adam, ema_update, unwrap
-from synth.models.table import TableSchema, activate, condition_batch, condition_loss, table_inputs
+from synth.models.table import TableSchema, activate, condition_batch, condition_loss, draw, table_inputs
 
 
 class _Residual(nn.Module):
@@ -95,7 +95,8 @@ class TabularGAN:
                                        weight_decay=1e-6) for name in self.trained}
 
     def noise_dim(self, config: dict[str, Any], schema: TableSchema) -> int:
-        return config["latent_dim"]
+        """The latent code, then one standard normal per encoded column for `draw`."""
+        return config["latent_dim"] + schema.table.width
 
     def training_step(self, networks: dict[str, nn.Module], features: torch.Tensor,
                       optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
@@ -134,7 +135,8 @@ class TabularGAN:
 
     @torch.no_grad()
     def sample(self, sampler: nn.Module, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return activate(sampler(noise, cond).float(), sampler.schema.table)
+        latent = noise.shape[1] - sampler.schema.table.width
+        return draw(sampler(noise[:, :latent], cond).float(), sampler.schema.table, noise[:, latent:])
 
 
 def _critic_losses(discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor,

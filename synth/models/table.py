@@ -133,6 +133,23 @@ def activate(raw: torch.Tensor, encoder: TableEncoder, gumbel_tau: float | None 
                        torch.where(layout.is_bit, torch.sigmoid(raw), layout.softmax(logits)))
 
 
+def draw(raw: torch.Tensor, encoder: TableEncoder, noise: torch.Tensor) -> torch.Tensor:
+    """Rows drawn from the distribution that generator outputs `raw` define, as encoded rows:
+    each one-hot span a category drawn from its softmax (Gumbel-max), each code bit drawn from
+    its sigmoid, offsets tanh(raw). Reading one-hots by argmax instead would give every row its
+    most likely category and mode: marginals collapse towards the majority (bank, 900 ctgan
+    steps: quality 0.72 read by argmax, 0.92 drawn). `noise` holds one standard normal per
+    encoded column (seeded per row, so a row's draw is reproducible), mapped to a uniform by
+    the normal CDF; an offset column's normal is unused here (`tvae` adds it with its σ)."""
+    layout = SpanLayout.of(encoder, raw.device)
+    eps = torch.finfo(raw.dtype).eps
+    uniform = torch.special.ndtr(noise.to(raw.dtype)).clamp(eps, 1 - eps)
+    gumbel = -torch.log(-torch.log(uniform))
+    one_hot = ((layout._shifted(raw + gumbel) == 0) & layout.is_softmax).to(raw.dtype)  # each span's maximum
+    bits = (raw + torch.log(uniform) - torch.log1p(-uniform) > 0).to(raw.dtype)  # logistic noise
+    return torch.where(layout.is_offset, torch.tanh(raw), torch.where(layout.is_bit, bits, one_hot))
+
+
 def reconstruction_loss(raw: torch.Tensor, target: torch.Tensor, encoder: TableEncoder,
                         sigmas: torch.Tensor) -> torch.Tensor:
     """Summed per-row negative log-likelihood of `target` under the decoder's outputs: Gaussian

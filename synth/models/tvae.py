@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from synth.models.base import adam
-from synth.models.table import TableSchema, activate, condition_batch, offsets, reconstruction_loss, table_inputs
+from synth.models.table import SpanLayout, TableSchema, condition_batch, draw, offsets, reconstruction_loss, table_inputs
 
 
 def _mlp(width_in: int, hidden: int, layers: int) -> nn.Sequential:
@@ -67,8 +67,9 @@ class TabularVAE:
         return {"vae": adam(networks["vae"].parameters(), lr=config["learning_rate"], weight_decay=1e-5)}
 
     def noise_dim(self, config: dict[str, Any], schema: TableSchema) -> int:
-        """The latent code, then one standard normal per numeric offset."""
-        return config["latent_dim"] + offsets(schema.table)
+        """The latent code, then one standard normal per encoded column: an offset's Gaussian
+        noise (scaled by its σ), or the draw of a one-hot or code bit (see `draw`)."""
+        return config["latent_dim"] + schema.table.width
 
     def training_step(self, networks: dict[str, nn.Module], features: torch.Tensor,
                       optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
@@ -89,13 +90,15 @@ class TabularVAE:
 
     @torch.no_grad()
     def sample(self, sampler: nn.Module, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Decoded rows; each numeric offset is drawn around the decoder's mean with its learned σ."""
+        """Rows drawn from the decoder's distribution: each numeric offset around the decoder's
+        mean with its learned σ, each one-hot and code bit from its probabilities."""
         encoder = sampler.schema.table
-        latent = noise.shape[1] - offsets(encoder)
-        rows = activate(sampler.decode(noise[:, :latent], cond).float(), encoder)
+        latent = noise.shape[1] - encoder.width
+        per_column = noise[:, latent:]
+        rows = draw(sampler.decode(noise[:, :latent], cond).float(), encoder, per_column)
+        is_offset = SpanLayout.of(encoder, rows.device).is_offset
         sigmas = torch.exp(sampler.log_sigma).clamp(0.01, 1.0)
-        starts = [span.start for span in encoder.spans if span.activation == "tanh"]
-        rows[:, starts] = rows[:, starts] + noise[:, latent:] * sigmas
+        rows[:, is_offset] += per_column[:, is_offset] * sigmas
         return rows
 
 
