@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.errors import DatakilnError
+from pipeline.redact import redact
 from pipeline.spec import Spec
 
 PACKAGES = ("pipeline", "synth", "cluster")
@@ -62,13 +63,22 @@ def _stage_working_dir(spec: Spec) -> str:
     for package in PACKAGES:
         shutil.copytree(root / package, Path(folder) / package, ignore=shutil.ignore_patterns("__pycache__"))
     with open(Path(folder) / SPEC_FILE, "w") as handle:
-        yaml.safe_dump(spec.model_dump(mode="json"), handle, sort_keys=False)
+        yaml.safe_dump(spec.redacted(), handle, sort_keys=False)
     return folder
+
+
+CREDENTIALS_HOW = ("set it in the cluster nodes' environment instead (e.g. AWS_ACCESS_KEY_ID / "
+                   "AWS_SECRET_ACCESS_KEY, HF_TOKEN), where fsspec and the Hub client find it")
 
 
 def submit(spec: Spec, address: str | None = None, options: RuntimeOptions | None = None) -> str:
     """Submit `spec` as a Ray job; return its submission id."""
     options = options or RuntimeOptions()
+    spec.require_no_inline_secrets(CREDENTIALS_HOW)
+    for name, value in options.env.items():
+        if redact({name: value}, in_credentials=True)[name] != value:
+            raise DatakilnError(f"--env {name}: a credential would be stored in the job's info in clear text; "
+                                f"{CREDENTIALS_HOW}")
     runtime_env: dict = {"working_dir": _stage_working_dir(spec),
                          "env_vars": {"RAY_DATA_LOG_LEVEL": "WARNING", **options.env}}
     if options.pip:

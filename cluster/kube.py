@@ -1,12 +1,16 @@
-"""Render a KubeRay RayJob (+ the ConfigMap holding its spec) for a datakiln spec.
+"""Render a KubeRay RayJob (+ the ConfigMap holding its spec, + a NetworkPolicy) for a spec.
 
 The RayJob creates its own Ray cluster (head + autoscaled CPU workers, optionally GPU
 workers), runs `datakiln run` on the spec mounted from the ConfigMap, and deletes the
-cluster when the job ends. Credentials only enter through secret references.
+cluster when the job ends. Credentials only enter through secret references; every pod
+meets the "restricted" Pod Security Standard with a read-only root filesystem; Ray's token
+auth is on and the NetworkPolicy admits the Jobs API only from the cluster's own pods,
+labelled submitters and the KubeRay operator.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
@@ -20,6 +24,19 @@ DEFAULT_IMAGE = "datakiln:0.1.0"
 SPEC_MOUNT = "/etc/datakiln"
 MAX_RAYJOB_NAME = 47  # KubeRay: RayJob names become cluster and service names with suffixes
 RAY_UID = 1000  # the `ray` user of the rayproject/ray images
+DASHBOARD_PORT, CLIENT_PORT = 8265, 10001
+CLUSTER_LABEL = "datakiln/ray-cluster"
+SUBMITTER_LABEL = "datakiln/submitter"
+"""Pods with this label set to "true" may reach the Jobs API (`datakiln submit` from inside the cluster)."""
+OPERATOR_LABELS = {"app.kubernetes.io/name": "kuberay-operator"}
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": RAY_UID, "runAsGroup": RAY_UID, "fsGroup": RAY_UID,
+                "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "privileged": False,
+                      "readOnlyRootFilesystem": True, "runAsNonRoot": True}
+"""The Kubernetes "restricted" Pod Security Standard, plus a read-only root filesystem."""
+WRITABLE_ENV = [{"name": "HF_HOME", "value": "/tmp/hf"}, {"name": "XDG_CACHE_HOME", "value": "/tmp/cache"},
+                {"name": "MPLCONFIGDIR", "value": "/tmp/matplotlib"}]
+"""With a read-only root, caches go to the `/tmp` emptyDir (Ray's temp dir is under it too)."""
 
 
 def resource_name(name: str, limit: int = MAX_RAYJOB_NAME) -> str:
@@ -38,30 +55,52 @@ def _container(name: str, image: str, cpu: str, memory: str, secret: str | None,
         "name": name,
         "image": image,
         "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": limits},
-        "env": [{"name": "RAY_DATA_LOG_LEVEL", "value": "WARNING"},
-                {"name": "HF_HOME", "value": "/tmp/hf"}],
-        "volumeMounts": [{"name": "datakiln-spec", "mountPath": SPEC_MOUNT, "readOnly": True}],
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "env": [{"name": "RAY_DATA_LOG_LEVEL", "value": "WARNING"}, *copy.deepcopy(WRITABLE_ENV)],
+        "volumeMounts": [{"name": "datakiln-spec", "mountPath": SPEC_MOUNT, "readOnly": True},
+                         {"name": "tmp", "mountPath": "/tmp"}],
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
     }
     if secret:
         container["envFrom"] = [{"secretRef": {"name": secret}}]
     return container
 
 
-def _pod(container: dict[str, Any], config_map: str, gpu: bool = False) -> dict[str, Any]:
+def _pod(container: dict[str, Any], config_map: str, cluster_label: str, gpu: bool = False) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "securityContext": {"runAsNonRoot": True, "runAsUser": RAY_UID, "fsGroup": RAY_UID},
+        "securityContext": copy.deepcopy(POD_SECURITY),
         "containers": [container],
-        "volumes": [{"name": "datakiln-spec", "configMap": {"name": config_map}}],
+        "volumes": [{"name": "datakiln-spec", "configMap": {"name": config_map}}, {"name": "tmp", "emptyDir": {}}],
     }
     if gpu:
         spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    return {"spec": spec}
+    return {"metadata": {"labels": {CLUSTER_LABEL: cluster_label}}, "spec": spec}
+
+
+def network_policy(name: str, cluster_label: str, namespace: str | None = None) -> dict[str, Any]:
+    """Ingress to the Ray pods: anything from the cluster's own pods; the dashboard (Jobs API)
+    and client ports only from pods labelled as submitters and from the KubeRay operator."""
+    ports = [{"protocol": "TCP", "port": port} for port in (DASHBOARD_PORT, CLIENT_PORT)]
+    metadata: dict[str, Any] = {"name": name, "labels": {"app.kubernetes.io/name": "datakiln"}}
+    if namespace:
+        metadata["namespace"] = namespace
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": metadata,
+        "spec": {
+            "podSelector": {"matchLabels": {CLUSTER_LABEL: cluster_label}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [{"podSelector": {"matchLabels": {CLUSTER_LABEL: cluster_label}}}]},
+                {"from": [{"podSelector": {"matchLabels": {SUBMITTER_LABEL: "true"}}},
+                          {"namespaceSelector": {}, "podSelector": {"matchLabels": OPERATOR_LABELS}}],
+                 "ports": ports},
+            ],
+        },
+    }
 
 
 def render(spec: Spec, image: str = DEFAULT_IMAGE, gpus: int = 0, workers: tuple[int, int] = (1, 4),
            secret: str | None = None, namespace: str | None = None) -> list[dict[str, Any]]:
-    """The ConfigMap and RayJob for `spec`.
+    """The ConfigMap, RayJob and NetworkPolicy for `spec`.
 
     Args:
         image: a datakiln image (see k8s/Dockerfile).
@@ -70,6 +109,8 @@ def render(spec: Spec, image: str = DEFAULT_IMAGE, gpus: int = 0, workers: tuple
         workers: (min, max) CPU workers for the autoscaler.
         secret: name of a Secret whose keys become environment variables (storage credentials).
     """
+    spec.require_no_inline_secrets("put it in a Kubernetes Secret and pass --secret NAME (its keys become "
+                                    "environment variables of every pod, e.g. AWS_SECRET_ACCESS_KEY)")
     low, high = workers
     if low < 0 or high < max(low, 1):
         raise DatakilnError(f"--workers {low}:{high}: expected 0 <= MIN <= MAX and MAX >= 1")
@@ -84,16 +125,17 @@ def render(spec: Spec, image: str = DEFAULT_IMAGE, gpus: int = 0, workers: tuple
     config = {
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {**metadata, "name": config_map},
-        "data": {"spec.yaml": yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)},
+        "data": {"spec.yaml": yaml.safe_dump(spec.redacted(), sort_keys=False)},
     }
     groups = [{
         "groupName": "cpu", "replicas": low, "minReplicas": low, "maxReplicas": high, "rayStartParams": {},
-        "template": _pod(_container("ray-worker", image, "4", "16Gi", secret), config_map),
+        "template": _pod(_container("ray-worker", image, "4", "16Gi", secret), config_map, name),
     }]
     if gpus:
         groups.append({
             "groupName": "gpu", "replicas": 0, "minReplicas": 0, "maxReplicas": gpus, "rayStartParams": {},
-            "template": _pod(_container("ray-worker", image, "8", "48Gi", secret, gpus=1), config_map, gpu=True),
+            "template": _pod(_container("ray-worker", image, "8", "48Gi", secret, gpus=1), config_map, name,
+                             gpu=True),
         })
     head_params = {"dashboard-host": "0.0.0.0", "num-cpus": "0"}  # the head schedules no work
     job = {
@@ -104,16 +146,20 @@ def render(spec: Spec, image: str = DEFAULT_IMAGE, gpus: int = 0, workers: tuple
             "ttlSecondsAfterFinished": 3600,
             "activeDeadlineSeconds": 24 * 3600,
             "backoffLimit": 1,
+            "submissionMode": "HTTPMode",  # the operator submits: no extra submitter pod to secure
             "rayClusterSpec": {
                 "rayVersion": RAY_VERSION,
                 "enableInTreeAutoscaling": True,
+                "autoscalerOptions": {"securityContext": copy.deepcopy(CONTAINER_SECURITY)},  # the head pod's sidecar
+                "authOptions": {"mode": "token"},  # KubeRay generates the token into a Secret
                 "headGroupSpec": {"rayStartParams": head_params,
-                                  "template": _pod(_container("ray-head", image, "2", "8Gi", secret), config_map)},
+                                  "template": _pod(_container("ray-head", image, "2", "8Gi", secret), config_map,
+                                                   name)},
                 "workerGroupSpecs": groups,
             },
         },
     }
-    return [config, job]
+    return [config, job, network_policy(name, name, namespace)]
 
 
 class _BlockDumper(yaml.SafeDumper):

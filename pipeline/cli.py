@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from importlib import resources
 
 from pipeline.errors import DatakilnError, find_user_error
+from pipeline.redact import redact_text
 from pipeline.spec import EvaluateSpec
 
 EXIT_USER_ERROR = 2
+EXIT_BUG = 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or an embedded local Ray)")
     run.add_argument("--fresh", action="store_true",
                      help="recompute collect + preprocess even when an earlier run left a complete stage")
+    run.add_argument("--overwrite", action="store_true",
+                     help="publish into a folder holding files datakiln did not write (they are kept)")
 
     validate = commands.add_parser("validate", help="check a spec without running anything")
     validate.add_argument("spec")
@@ -160,7 +165,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         spec = load_spec(_demo_spec_path(), [f"publish.to={args.out}", *args.overrides])
         address, fresh = None, False
     else:
-        spec = load_spec(args.spec, args.overrides)
+        spec = load_spec(args.spec, args.overrides + ["publish.overwrite=true"] * args.overwrite)
         address, fresh = args.address, args.fresh
     _print_result(run(spec, address=address, fresh=fresh))
     return 0
@@ -206,10 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # user errors may arrive wrapped by Ray
         user_error = find_user_error(exc)
-        if user_error is None:
-            raise
+        if user_error is None:  # a bug: the whole traceback, credentials masked
+            print(redact_text("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
+            return EXIT_BUG
         # Ray may append retry advice to the message; the user's error is its first line.
-        print(f"datakiln: error: {str(user_error).splitlines()[0]}", file=sys.stderr)
+        print(f"datakiln: error: {redact_text(str(user_error).splitlines()[0])}", file=sys.stderr)
         return EXIT_USER_ERROR
 
 

@@ -1,4 +1,4 @@
-"""All I/O on user paths goes through fsspec: resolve once, fingerprint, stage and commit."""
+"""All I/O on user paths goes through fsspec: resolve once, list, fingerprint (publishing: `pipeline.commit`)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,17 @@ class Location:
 
     def uri(self, path: str) -> str:
         return self.fs.unstrip_protocol(path)
+
+    def ref(self, path: str) -> str:
+        """`path` relative to this source (a folder, a glob's fixed part or a file's folder):
+        what published rows carry in `source_ref`, so no local layout or user name leaks."""
+        root = self.path
+        magic = min((root.index(ch) for ch in "*?[" if ch in root), default=None)
+        if magic is not None:
+            root = posixpath.dirname(root[:magic])
+        elif path == root or not path.startswith(root.rstrip("/") + "/"):
+            root = posixpath.dirname(root)
+        return posixpath.relpath(path, root) if root else path.lstrip("/")
 
 
 def resolve(url: str, storage_options: dict[str, Any] | None = None) -> Location:
@@ -131,24 +142,3 @@ def sha256_file(loc: Location) -> str:
         for chunk in iter(lambda: handle.read(2**20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def commit(staging: Location, target: Location) -> None:
-    """Make a fully written staging folder visible at `target`, replacing what was there.
-
-    On a local filesystem this is a rename (atomic for readers of the folder). On object
-    stores there is no rename: the copy happens only after every file is complete, so an
-    interrupted run never leaves a half-written dataset at the target.
-    """
-    fs = target.fs
-    if fs.exists(target.path):
-        fs.rm(target.path, recursive=True)
-    parent = posixpath.dirname(target.path.rstrip("/"))
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-        fs.mv(staging.path, target.path, recursive=True)
-        return
-    files = fs.find(staging.path)  # object stores: copy file by file (no directory keys), then drop staging
-    fs.copy(files, [posixpath.join(target.path, posixpath.relpath(f, staging.path)) for f in files])
-    fs.rm(staging.path, recursive=True)

@@ -23,6 +23,7 @@ import yaml
 from PIL import Image
 
 from pipeline import io as dkio
+from pipeline.redact import redact
 
 
 def annotation_fields(class_names: list[str], label_quality: bool) -> list[tuple[str, pa.DataType, dict[str, Any]]]:
@@ -217,6 +218,19 @@ def _metric_row(key: str, metrics: dict[str, Any]) -> str:
     return f"| {key} | {shown(metrics[key])} | {shown(floor) if floor is not None else ''} |"
 
 
+def card_lineage(spec_hash: str, inputs: list[dict[str, Any]], generator: dict[str, Any] | None,
+                 rows: dict[str, Any]) -> dict[str, Any]:
+    """The card's lineage summary: identities and counts, no local paths (a card travels to the
+    Hub; `lineage.json` keeps the full record)."""
+    shown_inputs = [{k: v for k, v in i.items() if k != "url"} | {"name": i["url"].rstrip("/").rsplit("/", 1)[-1]}
+                    for i in inputs]
+    shown_generator = None if generator is None else {
+        k: v for k, v in generator.items() if k in ("generator_id", "sha256", "epochs", "steps", "restarts")}
+    return {"spec_hash": spec_hash, "inputs": shown_inputs, "generator": shown_generator, "rows": rows}
+
+
 def write_json(loc: dkio.Location, payload: Any) -> None:
+    """Write `payload` as JSON, credentials masked (see `pipeline.redact`)."""
+    text = json.dumps(payload, indent=2, sort_keys=True, default=str)
     with loc.fs.open(loc.path, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+        handle.write(json.dumps(redact(json.loads(text)), indent=2, sort_keys=True))

@@ -24,11 +24,13 @@ import pyarrow.parquet as pq
 import ray.data
 
 from pipeline import io, ops, plots, publish, sources
+from pipeline.commit import check_target, commit
 from pipeline.annotate import ImageClassifier, annotate, export_review, needs_classifier, read_human_labels
 from pipeline.errors import GateError
 from pipeline.evaluate import check_inception_weights
 from pipeline.gates import failed_gates
 from pipeline.ops.base import REJECT_REASON
+from pipeline.redact import redact_text
 from pipeline.spec import Spec
 from pipeline.split import in_test_split
 from pipeline.stage import SPLIT_CODES, op_entries, build_stage, stage_folder, stage_key
@@ -48,7 +50,7 @@ class RunReport:
 
 
 def log(stage: str, message: str) -> None:
-    print(f"[{stage}] {message}", flush=True)
+    print(redact_text(f"[{stage}] {message}"), flush=True)
 
 
 @contextmanager
@@ -64,13 +66,21 @@ def _reject_key(reason: str) -> str:
     return reason.split(" (")[0].split(" of ")[0]
 
 
-def account_rejects(refs: pa.ChunkedArray, reasons: np.ndarray, run_dir: str,
-                    max_reject_fraction: float) -> tuple[int, dict[str, int]]:
-    """Write every rejected row to `<run_dir>/rejects/` with its reason; count them by kind;
-    fail the run when too many are rejected. Returns (rows in, rejected rows by kind)."""
+PENDING_REVIEW = "annotate: sent to review"
+"""Rows waiting for a human label: counted apart from rejects (they come back labelled)."""
+
+
+def account_rejects(spec: Spec, run_id: str, run_dir: str, refs: pa.ChunkedArray, reasons: np.ndarray,
+                    class_names: list[str]) -> tuple[int, dict[str, int], int]:
+    """Write every rejected row to `<run_dir>/rejects/` with its reason; count them by kind
+    and the rows pending review apart; fail the run (after writing `<run_dir>/lineage.json`,
+    which `datakiln annotate import` reads) when too many are rejected.
+    Returns (rows in, rejected rows by kind, rows pending review)."""
     rows_in = len(reasons)
-    rejected = np.flatnonzero(reasons != "")
-    kinds = [_reject_key(r) for r in reasons[rejected]]
+    kinds_all = np.array([_reject_key(r) if r else "" for r in reasons], dtype=object)
+    pending = int((kinds_all == PENDING_REVIEW).sum())
+    rejected = np.flatnonzero((kinds_all != "") & (kinds_all != PENDING_REVIEW))
+    kinds = list(kinds_all[rejected])
     by_reason = {k: kinds.count(k) for k in sorted(set(kinds))}
     folder = os.path.join(run_dir, "rejects")
     if os.path.isdir(folder):
@@ -79,11 +89,18 @@ def account_rejects(refs: pa.ChunkedArray, reasons: np.ndarray, run_dir: str,
         os.makedirs(folder)
         pq.write_table(pa.table({"source_ref": refs.take(pa.array(rejected)), "reason": list(reasons[rejected]),
                                  "reason_key": kinds}), os.path.join(folder, "rejects.parquet"))
-    log("preprocess", f"rows in {rows_in}, rejected {len(rejected)} {by_reason or ''}")
-    if rows_in and len(rejected) / rows_in > max_reject_fraction:
-        raise GateError(f"preprocess.max_reject_fraction: {len(rejected)}/{rows_in} rows rejected "
-                        f"({len(rejected) / rows_in:.1%} > {max_reject_fraction:.1%}); see {folder}")
-    return rows_in, by_reason
+    log("preprocess", f"rows in {rows_in}, rejected {len(rejected)} {by_reason or ''}"
+        + (f", pending review {pending}" if pending else ""))
+    limit = spec.preprocess.max_reject_fraction
+    if rows_in and len(rejected) / rows_in > limit:
+        message = (f"preprocess.max_reject_fraction: {len(rejected)}/{rows_in} rows rejected "
+                   f"({len(rejected) / rows_in:.1%} > {limit:.1%}); see {folder}")
+        publish.write_json(io.resolve(os.path.join(run_dir, "lineage.json")), {
+            "run_id": run_id, "name": spec.name, "spec": spec.redacted(), "run_dir": run_dir, "failed": message,
+            "class_names": class_names, "rows": {"rows_in": rows_in, "rows_rejected": len(rejected),
+                                                 "pending_review": pending, "rejected_by_reason": by_reason}})
+        raise GateError(message)
+    return rows_in, by_reason, pending
 
 
 def _duplicate_report(duplicates: dict[str, list[tuple[int, int, int]]], refs: pa.ChunkedArray) -> dict[str, Any]:
@@ -155,14 +172,17 @@ def train_generator(spec: Spec, run_id: str, run_dir: str, data: ray.data.Datase
 
 def base_lineage(spec: Spec, run_id: str, spec_hash: str, code_version: dict[str, Any], inputs: list[dict[str, Any]],
                  checkpoint: dict[str, Any] | None, timings: dict[str, float], rows_in: int,
-                 rejected_by_reason: dict[str, int], published: dict[str, int], synthetic_rows: int) -> dict[str, Any]:
+                 rejected_by_reason: dict[str, int], pending_review: int, published: dict[str, int],
+                 synthetic_rows: int) -> dict[str, Any]:
     """What every run's `lineage.json` records (each kind of run adds its own keys), after
-    checking that every input row was published or rejected."""
+    checking that every input row was published, rejected or sent to review."""
     rows_out, rows_rejected = sum(published.values()), sum(rejected_by_reason.values())
-    if rows_out + rows_rejected != rows_in:
-        raise RuntimeError(f"row accounting broken: {rows_in} in != {rows_out} out + {rows_rejected} rejected")
+    if rows_out + rows_rejected + pending_review != rows_in:
+        raise RuntimeError(f"row accounting broken: {rows_in} in != {rows_out} out + {rows_rejected} rejected "
+                           f"+ {pending_review} pending review")
     rows = {"rows_in": rows_in, "rows_out": rows_out, "rows_rejected": rows_rejected,
-            "rejected_by_reason": rejected_by_reason, "splits": published, "synthetic": synthetic_rows}
+            "rejected_by_reason": rejected_by_reason, "pending_review": pending_review, "splits": published,
+            "synthetic": synthetic_rows}
     return {"run_id": run_id, "name": spec.name, "spec": spec.redacted(), "spec_hash": spec_hash,
             "code_version": code_version, "inputs": inputs,
             "seeds": {"spec": spec.seed, "split": spec.seed, "train": spec.seed, "sample": spec.seed,
@@ -170,15 +190,15 @@ def base_lineage(spec: Spec, run_id: str, spec_hash: str, code_version: dict[str
             "checkpoint": checkpoint, "timings_s": timings, "rows": rows}
 
 
-def finish(staging: io.Location, target: io.Location, card: str, metrics: dict[str, Any], lineage: dict[str, Any],
-           failures: list[str], timings: dict[str, float]) -> RunReport:
+def finish(spec: Spec, staging: io.Location, target: io.Location, card: str, metrics: dict[str, Any],
+           lineage: dict[str, Any], failures: list[str], timings: dict[str, float]) -> RunReport:
     """Write the card, metrics and lineage, make the dataset visible at `target`, and fail
     the run (after publishing the candidate) when a gate failed."""
     with staging.fs.open(staging.join("README.md").path, "w") as handle:
-        handle.write(card)
+        handle.write(redact_text(card))
     publish.write_json(staging.join("metrics.json"), metrics)
     publish.write_json(staging.join("lineage.json"), lineage)
-    io.commit(staging, target)
+    commit(staging, target, overwrite=spec.publish.overwrite)
     publish.write_json(io.resolve(os.path.join(lineage["run_dir"], "lineage.json")), lineage)
     if failures:
         raise GateError(f"evaluate.gates failed: {'; '.join(failures)}; nothing published, candidate at {target.url}")
@@ -212,6 +232,7 @@ def run(spec: Spec, address: str | None = None, fresh: bool = False) -> RunRepor
     run_dir = os.path.abspath(os.path.join(spec.run_root, spec.name, run_id))
     os.makedirs(run_dir, exist_ok=True)
     inception_sha256 = check_inception_weights(spec.evaluate.inception_weights)
+    check_target(io.resolve(spec.publish_target(), spec.publish.storage_options), spec.publish.overwrite)
     connect(address)
     configure_data_context()
     log("run", f"{spec.name} run {run_id} → {run_dir}")
@@ -250,8 +271,8 @@ def run(spec: Spec, address: str | None = None, fresh: bool = False) -> RunRepor
             log("annotate", f"{len(annotation.review)} rows to review: import {tasks} into Label Studio, then "
                 f"datakiln annotate import {run_dir} EXPORT.json")
 
-    rows_in, rejected_by_reason = account_rejects(stage.keys["source_ref"], reasons, run_dir,
-                                                 spec.preprocess.max_reject_fraction)
+    rows_in, rejected_by_reason, pending_review = account_rejects(spec, run_id, run_dir, stage.keys["source_ref"],
+                                                                  reasons, class_names)
 
     with _timed(timings, "split"):
         live = reasons == ""
@@ -308,7 +329,7 @@ def run(spec: Spec, address: str | None = None, fresh: bool = False) -> RunRepor
                                                  spec.publish.rows_per_shard)
     lineage = {
         **base_lineage(spec, run_id, spec_hash, code_version, collected.fingerprints, lineage_checkpoint, timings,
-                       rows_in, rejected_by_reason, published, synthetic_rows),
+                       rows_in, rejected_by_reason, pending_review, published, synthetic_rows),
         "resolved_ops": resolved_ops, "image_shape": [shape.height, shape.width, shape.channels], "class_names": class_names,
         "annotation": annotation.report,
         "stage": {"key": stage.key, "folder": stage.folder.url, "reused": stage.reused},
@@ -336,9 +357,9 @@ def run(spec: Spec, address: str | None = None, fresh: bool = False) -> RunRepor
                         split_rows=published,
                         synthetic_rows=synthetic_rows, rejected_by_reason=rejected_by_reason,
                         near_duplicate_pairs=len(near), metrics={k: v for k, v in metrics.items() if not isinstance(v, list)},
-                        lineage_summary={"spec_hash": spec_hash, "inputs": collected.fingerprints,
-                                         "generator": lineage_checkpoint, "rows": lineage["rows"]})
-    return finish(staging, target, publish.render_card(card), metrics, lineage, failures, timings)
+                        lineage_summary=publish.card_lineage(spec_hash, collected.fingerprints, lineage_checkpoint,
+                                                             lineage["rows"]))
+    return finish(spec, staging, target, publish.render_card(card), metrics, lineage, failures, timings)
 
 
 def _put_plot(staging: io.Location, name: str, draw) -> None:

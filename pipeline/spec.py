@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import SpecError
+from pipeline.redact import redact, secret_paths
 
 
 DEFAULT_IMAGE_OPS = ("decode", "color", "resize", "dedup")
@@ -217,6 +218,9 @@ class PublishSpec(_Section):
     """fsspec URL of the dataset to write. Default: `./out/<name>`."""
     rows_per_shard: int = Field(default=20000, ge=1)
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    overwrite: bool = False
+    """Publish into a folder that holds files datakiln did not write (they are kept: datakiln
+    never removes or replaces a file it did not write). A datakiln dataset is always replaced."""
 
 
 class Spec(_Section):
@@ -257,31 +261,28 @@ class Spec(_Section):
         return self
 
     def redacted(self) -> dict[str, Any]:
-        """The resolved spec with credential-like storage options masked: what lineage, cards
+        """The resolved spec with credentials masked (`pipeline.redact`): what lineage, cards
         and logs may show."""
-        raw = self.model_dump(mode="json")
-        for section in ("source", "publish"):
-            raw[section]["storage_options"] = _redact(raw[section]["storage_options"])
-        return raw
+        return redact(self.model_dump(mode="json"))
+
+    def require_no_inline_secrets(self, how: str) -> None:
+        """Fail when the spec itself holds a credential (it is about to leave this machine in
+        clear text); `how` says how to pass it instead."""
+        found = secret_paths(self.model_dump(mode="json"))
+        if found:
+            raise SpecError(f"{found[0]}: holds a credential, which would leave this machine in clear text; "
+                            f"remove it from the spec and {how}")
 
     def spec_hash(self) -> str:
-        """sha256 of the resolved spec (credentials masked): the same spec gives the same hash
-        on any machine, and rotating a credential does not change it."""
-        canonical = json.dumps(self.redacted(), sort_keys=True, separators=(",", ":"))
+        """sha256 of the resolved spec (credentials masked, `publish.overwrite` left out): the
+        same spec gives the same hash on any machine, and rotating a credential does not change it."""
+        raw = self.redacted()
+        raw["publish"].pop("overwrite")
+        canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def publish_target(self) -> str:
         return self.publish.to or f"./out/{self.name}"
-
-
-_SECRET_WORDS = ("key", "secret", "token", "password", "credential", "session")
-
-
-def _redact(options: Any) -> Any:
-    if isinstance(options, dict):
-        return {k: "***" if any(w in str(k).lower() for w in _SECRET_WORDS) and not isinstance(v, dict)
-                else _redact(v) for k, v in options.items()}
-    return options
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
@@ -299,7 +300,10 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         if not isinstance(node, dict):
             raise SpecError(f"--set {key_path}: '{'.'.join(keys[:depth])}' is not a mapping")
         node = node.setdefault(key, {})
-    value = yaml.safe_load(text) if text.strip() else ""
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:  # e.g. `>= 0.9` (a gate): not YAML, meant as the text itself
+        value = text
     last = keys[-1]
     if isinstance(node, list):
         node[_list_index(node, last, key_path)] = value

@@ -27,6 +27,7 @@ from pipeline.errors import SourceError, SpecError
 from pipeline.gates import failed_gates
 from pipeline.ops import registry
 from pipeline.ops.base import REJECT_REASON
+from pipeline.publish import card_lineage
 from pipeline.publish_table import LABEL_COLUMNS, render_table_card, table_schema, write_table_split
 from pipeline.spec import Spec
 from pipeline.split import in_test_split, ref_hashes
@@ -168,8 +169,8 @@ def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_versio
             log("annotate", f"{len(annotation.review)} rows to review: import {tasks} into Label Studio, then "
                 f"datakiln annotate import {run_dir} EXPORT.json")
 
-    rows_in, rejected_by_reason = account_rejects(cleaned["source_ref"], reasons, run_dir,
-                                                 spec.preprocess.max_reject_fraction)
+    rows_in, rejected_by_reason, pending_review = account_rejects(spec, run_id, run_dir, cleaned["source_ref"],
+                                                                  reasons, class_names)
 
     with _timed(timings, "split"):
         live = reasons == ""
@@ -225,7 +226,7 @@ def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_versio
                 staging.join("synthetic"), "train", schema_arrow, spec.publish.rows_per_shard)
     lineage = {
         **base_lineage(spec, run_id, spec_hash, code_version, collected.fingerprints, lineage_checkpoint, timings,
-                       rows_in, rejected_by_reason, published, synthetic_rows),
+                       rows_in, rejected_by_reason, pending_review, published, synthetic_rows),
         "column_kinds": kinds, "class_names": class_names, "annotation": annotation.report, "run_dir": run_dir,
     }
     if synthetic is not None:
@@ -235,9 +236,8 @@ def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_versio
     card = render_table_card(spec.name, schema_arrow, target_name, class_names, published, synthetic_rows,
                              rejected_by_reason, {k: v for k, v in metrics.items() if not isinstance(v, dict)},
                              annotation.report,
-                             {"spec_hash": spec_hash, "inputs": collected.fingerprints, "generator": lineage_checkpoint,
-                              "rows": lineage["rows"]})
-    return finish(staging, target, card, metrics, lineage, failures, timings)
+                             card_lineage(spec_hash, collected.fingerprints, lineage_checkpoint, lineage["rows"]))
+    return finish(spec, staging, target, card, metrics, lineage, failures, timings)
 
 
 def condition_plan(spec: Spec, encoder, train: pa.Table, target: str) -> list[tuple[str, Any, int]]:

@@ -106,7 +106,9 @@ def test_pseudo_labels_above_the_threshold_are_right_and_the_rest_go_to_review(t
     assert pseudo["unlabelled"] == 1000 and pseudo["labelled"] == len(model_rows) >= 500
     assert np.mean(correct) >= 0.95 and min(r["label_confidence"] for r in model_rows) >= 0.95
     tasks = json.loads((tmp_path / "runs" / "partly" / report.lineage["run_id"] / "review" / "tasks.json").read_text())
-    assert len(tasks) == pseudo["to_review"] == report.lineage["rows"]["rejected_by_reason"]["annotate: sent to review"]
+    rows = report.lineage["rows"]
+    assert len(tasks) == pseudo["to_review"] == rows["pending_review"] and not rows["rejected_by_reason"]
+    assert rows["rows_in"] == rows["rows_out"] + rows["rows_rejected"] + rows["pending_review"]
 
 
 def test_label_studio_round_trip(tmp_path):

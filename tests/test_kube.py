@@ -11,9 +11,11 @@ import pytest
 import yaml
 
 from cluster import kube
+from pipeline.errors import DatakilnError
 from pipeline.spec import build_spec, load_spec
 from tests.conftest import ROOT
 from tests.kuberay import validate
+from tests.pod_security import check_restricted, violations
 
 K8S = ROOT / "k8s"
 KUBE_VERSION = "1.32.0"
@@ -52,6 +54,9 @@ def check(docs: list[dict]) -> None:
     for doc in docs:
         if doc["apiVersion"].startswith("ray.io/"):
             assert validate(doc) == [], doc["kind"]
+            assert check_restricted(doc) == []
+            cluster = doc["spec"].get("rayClusterSpec", doc["spec"])
+            assert cluster["authOptions"] == {"mode": "token"}
         else:
             kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
         if doc["kind"] == "ConfigMap":
@@ -61,8 +66,9 @@ def check(docs: list[dict]) -> None:
 @pytest.mark.parametrize("folder", ["base", "overlays/cpu", "overlays/gpu"])
 def test_kustomize_builds_validate(folder):
     docs = build(K8S / folder)
-    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "RayCluster", "RayJob"]
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "NetworkPolicy", "RayCluster", "RayJob"]
     check(docs)
+    _check_policy_selects_every_pod(docs)
 
 
 @pytest.mark.skipif(not shutil.which("kubectl"), reason="compares against kubectl kustomize")
@@ -88,7 +94,8 @@ def test_render_validates(gpus, workers):
     spec = load_spec(str(ROOT / "examples" / "mnist.yaml"))
     docs = kube.render(spec, image="registry.example/datakiln:1", gpus=gpus, workers=workers, secret="s3-creds")
     check(docs)
-    config, job = docs
+    _check_policy_selects_every_pod(docs)
+    config, job, _ = docs
     mounted = build_spec(yaml.safe_load(config["data"]["spec.yaml"]))
     assert mounted.synthesize.use_gpu is bool(gpus) and (not gpus or mounted.synthesize.workers == gpus)
     groups = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
@@ -96,13 +103,13 @@ def test_render_validates(gpus, workers):
     head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
     assert head["securityContext"]["runAsNonRoot"] is True
     assert head["containers"][0]["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
-    assert yaml.safe_load_all(kube.render_yaml(docs))  # prints as YAML
+    assert list(yaml.safe_load_all(kube.render_yaml(docs))) == docs  # prints as YAML that reads back the same
 
 
 def test_render_names_fit_kuberay_limits():
     spec = build_spec({"name": "My_Very.Long-Dataset-Name-That-Goes-On-And-On-Forever-2026",
                        "source": {"format": "sklearn"}})
-    _, job = kube.render(spec)
+    _, job, _ = kube.render(spec)
     assert len(job["metadata"]["name"]) <= 47 and validate(job) == []
     assert kube.resource_name("2026-data") == "dk-2026-data"
 
@@ -121,6 +128,47 @@ def test_broken_manifests_fail(path, value, message):
         node = node[key]
     node[path[-1]] = value
     assert any(message in error for error in validate(job)), validate(job)
+
+
+def _check_policy_selects_every_pod(docs: list[dict]) -> None:
+    """The NetworkPolicy selects every Ray pod, admits the cluster's own pods on any port and
+    others only on the dashboard and client ports."""
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")["spec"]
+    selector = policy["podSelector"]
+    for doc in docs:
+        if doc["kind"] in ("RayCluster", "RayJob"):
+            cluster = doc["spec"].get("rayClusterSpec", doc["spec"])
+            for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+                labels = group["template"]["metadata"]["labels"]
+                assert all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+                assert all(labels.get(e["key"]) in e["values"] for e in selector.get("matchExpressions", []))
+    own, outside = policy["ingress"]
+    assert "ports" not in own and sorted(p["port"] for p in outside["ports"]) == [8265, 10001]
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda pod: pod["securityContext"].pop("seccompProfile"), "seccompProfile must be RuntimeDefault"),
+    (lambda pod: pod["containers"][0]["securityContext"].update(readOnlyRootFilesystem=False), "readOnlyRootFilesystem"),
+    (lambda pod: pod["containers"][0]["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]), "adds capabilities"),
+    (lambda pod: pod.update(hostNetwork=True), "hostNetwork is true"),
+    (lambda pod: pod["volumes"].append({"name": "h", "hostPath": {"path": "/"}}), "type ['hostPath'] not allowed"),
+    (lambda pod: pod["containers"][0]["securityContext"].update(runAsUser=0), "runAsUser 0"),
+    (lambda pod: [c["securityContext"].pop("runAsNonRoot") for c in pod["containers"]]
+     and pod["securityContext"].pop("runAsNonRoot"), "runAsNonRoot must be true"),
+])
+def test_the_restricted_profile_check_catches_each_violation(change, problem):
+    job = kube.render(load_spec(str(ROOT / "examples" / "mnist.yaml")))[1]
+    pod = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    assert violations(pod) == []
+    change(pod)
+    assert any(problem in p for p in violations(pod)), violations(pod)
+
+
+def test_render_refuses_inline_credentials_and_never_prints_them():
+    spec = load_spec(str(ROOT / "examples" / "mnist.yaml"),
+                     ["publish.to=s3://bucket/digits", "publish.storage_options.secret=planted-k8s-secret"])
+    with pytest.raises(DatakilnError, match=r"publish.storage_options.secret: holds a credential.*--secret NAME"):
+        kube.render(spec)
 
 
 def test_broken_core_kind_fails():

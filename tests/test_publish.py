@@ -6,6 +6,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from pipeline import io, publish
+from pipeline.commit import commit
 from tests.conftest import load_published
 
 CLASSES = ["left", "right"]
@@ -30,7 +31,7 @@ def _publish(target, rows_per_shard=4):
                         metrics={"tstr_accuracy": 0.5})
     with staging.fs.open(staging.join("README.md").path, "w") as handle:
         handle.write(publish.render_card(card))
-    io.commit(staging, io.resolve(str(target)))
+    commit(staging, io.resolve(str(target)))
     return counts, synthetic
 
 
@@ -66,11 +67,3 @@ def test_pixels_survive_png_encoding(tmp_path):
     real = load_published(str(tmp_path / "out"), split="train", tmp_path=tmp_path)
     expected = _rows(10, "real")[3]["image"][:, :, 0]
     assert np.array_equal(np.asarray(real[3]["image"]), expected)
-
-
-def test_commit_replaces_the_previous_dataset(tmp_path):
-    target = tmp_path / "out"
-    target.mkdir()
-    (target / "stale.txt").write_text("old")
-    _publish(target)
-    assert not (target / "stale.txt").exists() and (target / "README.md").exists()

@@ -80,7 +80,7 @@ def test_near_duplicates_are_dropped_deterministically_with_examples(tmp_path):
     near = report.lineage["duplicates"]["near_dedup"]
     assert near["marked"] == 1 and report.lineage["rows"]["rows_out"] == 30
     (example,) = near["examples"]
-    assert example["kept"].endswith("/1/005.png") and example["dropped"].endswith("/1/zz-brighter-copy.png")
+    assert example["kept"] == "1/005.png" and example["dropped"] == "1/zz-brighter-copy.png"
     assert example["distance"] <= 4
     assert (tmp_path / "a" / "near_duplicates.png").stat().st_size > 1000
     rejects = load_published("parquet", data_files=f"{report.run_dir}/rejects/*.parquet", tmp_path=tmp_path)["train"]

@@ -65,7 +65,7 @@ def _read_range(
     return {
         "image": np.frombuffer(data, dtype=np.uint8).reshape(count, *shape),
         "label": np.frombuffer(label_bytes, dtype=np.uint8).astype(np.int64),
-        "source_ref": np.array([f"{images.uri(images.path)}#{i}" for i in ids], dtype=object),
+        "source_ref": np.array([f"{images.ref(images.path)}#{i}" for i in ids], dtype=object),
     }
 
 

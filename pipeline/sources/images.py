@@ -36,7 +36,7 @@ def _read_files(batch: dict[str, np.ndarray], root: io.Location) -> dict[str, np
         reasons.append(reason)
         relative = posixpath.relpath(path, root.path)
         labels.append(posixpath.dirname(relative).split("/")[0] if "/" in relative else "")
-        refs.append(root.uri(path))
+        refs.append(root.ref(path))
     return {
         "image_bytes": np.array(contents, dtype=object),
         "label": np.array(labels, dtype=object),

@@ -67,7 +67,8 @@ def _read_tables(batch: dict[str, np.ndarray], root: io.Location, fmt: str, imag
                     if image_column in table.column_names:
                         index = table.column_names.index(image_column)
                         table = table.set_column(index, "image_bytes", _image_bytes(table.column(image_column).combine_chunks()))
-                    refs = pa.array([f"{uri}#{i}" for i in range(row, row + table.num_rows)], pa.string())
+                    ref = root.ref(path)
+                    refs = pa.array([f"{ref}#{i}" for i in range(row, row + table.num_rows)], pa.string())
                     row += table.num_rows
                     yield table.append_column("source_ref", refs)
         except (pa.ArrowInvalid, UnicodeDecodeError, OSError) as err:

@@ -1,0 +1,232 @@
+"""Make a staged dataset visible at its target without ever destroying what datakiln did not write.
+
+Every published dataset holds a marker, `.datakiln.json`, listing the files datakiln
+wrote there. Nothing that the marker does not list is ever removed or replaced:
+
+- a target that exists, holds files and has no marker is refused unless the user says
+  `publish.overwrite` (then the dataset is written beside those files, which stay);
+- on a local disk, a target holding only datakiln's files is replaced by renames: the old
+  version is renamed aside, the new one renamed in, then the old one deleted. A crash
+  between the two renames leaves the old version aside; `recover` (run before every
+  publish) renames it back, or finishes deleting it once the new one is in;
+- everywhere else (object stores, or a local folder shared with other files) the new
+  version's shards get new names, `README.md` — whose `configs:` name the exact data
+  files — is written as the single-object commit point, and only then are the old
+  version's files deleted. A reader sees the old or the new dataset, never a mix.
+
+The marker is updated before any new file is written (new names are listed as pending),
+so a crash at any instant leaves every file datakiln wrote known as datakiln's.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import posixpath
+import secrets
+import time
+from typing import Any
+
+import yaml
+from fsspec.implementations.local import LocalFileSystem
+
+from pipeline.errors import DatakilnError
+from pipeline.io import Location
+
+MARKER = ".datakiln.json"
+ASIDE_SUFFIX = ".datakiln-old"
+CARD = "README.md"
+SHARD_FOLDERS = ("data", "synthetic")
+
+
+class TargetError(DatakilnError):
+    """The publish target holds something datakiln must not touch."""
+
+
+def _relative(root: str, paths: list[str]) -> list[str]:
+    return sorted(posixpath.relpath(p, root) for p in paths)
+
+
+def _files(loc: Location) -> list[str]:
+    """Every file under `loc`, relative to it (none when it does not exist)."""
+    if not loc.fs.exists(loc.path):
+        return []
+    if not loc.fs.isdir(loc.path):
+        raise TargetError(f"publish.to {loc.url}: is a file, not a folder")
+    return _relative(loc.path, loc.fs.find(loc.path))
+
+
+def read_marker(loc: Location) -> dict[str, Any] | None:
+    marker = loc.join(MARKER)
+    if not loc.fs.exists(marker.path):
+        return None
+    with loc.fs.open(marker.path, "r") as handle:
+        try:
+            content = json.load(handle)
+        except ValueError:
+            raise TargetError(f"{marker.url}: not a datakiln marker (invalid JSON); move it away") from None
+    if not isinstance(content, dict) or not isinstance(content.get("files"), list):
+        raise TargetError(f"{marker.url}: not a datakiln marker; move it away")
+    return content
+
+
+def _owned(marker: dict[str, Any] | None) -> set[str]:
+    if marker is None:
+        return set()
+    return {*marker.get("files", []), *marker.get("pending", []), MARKER}
+
+
+def _write_marker(loc: Location, files: list[str], pending: list[str], version: str) -> None:
+    payload = json.dumps({"written_by": "datakiln", "version": version, "files": sorted(set(files)),
+                          "pending": sorted(set(pending) - set(files)),
+                          "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1)
+    _write_atomic(loc.join(MARKER), payload.encode())
+
+
+def _is_local(loc: Location) -> bool:
+    return isinstance(loc.fs, LocalFileSystem)
+
+
+def _write_atomic(loc: Location, content: bytes) -> None:
+    """One object PUT on object stores; a temporary file renamed over the old one locally."""
+    if not _is_local(loc):
+        loc.fs.pipe_file(loc.path, content)
+        return
+    partial = f"{loc.path}.partial-{secrets.token_hex(4)}"
+    with loc.fs.open(partial, "wb") as handle:
+        handle.write(content)
+    loc.fs.mv(partial, loc.path)
+
+
+def _aside(target: Location) -> Location:
+    return Location(target.fs, target.path.rstrip("/") + ASIDE_SUFFIX, target.url.rstrip("/") + ASIDE_SUFFIX)
+
+
+def _remove(loc: Location, names: set[str]) -> None:
+    """Delete exactly these files under `loc` (the marker last, when listed), then the
+    folders they leave empty."""
+    for name in sorted(names - {MARKER}) + sorted(names & {MARKER}):
+        path = loc.join(name).path
+        if loc.fs.exists(path):
+            loc.fs.rm_file(path)
+    if _is_local(loc):
+        for folder in sorted({posixpath.dirname(loc.join(n).path) for n in names}, key=len, reverse=True):
+            while folder.startswith(loc.path) and loc.fs.exists(folder) and not loc.fs.ls(folder):
+                loc.fs.rmdir(folder)
+                folder = posixpath.dirname(folder)
+
+
+def recover(target: Location) -> str | None:
+    """Finish or roll back a local swap that a crash interrupted; say what was done."""
+    aside = _aside(target)
+    if not _is_local(target) or not target.fs.exists(aside.path):
+        return None
+    if target.fs.exists(target.path):
+        _remove(aside, _owned(read_marker(aside)))
+        left = _files(aside)
+        return f"removed the previous version left at {aside.url}" + (
+            f" (kept {len(left)} files datakiln did not write there)" if left else "")
+    target.fs.mv(aside.path, target.path, recursive=True)
+    return f"restored the previous version of {target.url} (a publish was interrupted)"
+
+
+def check_target(target: Location, overwrite: bool) -> None:
+    """Fail before any work when publishing to `target` would need to remove or replace a
+    file datakiln did not write."""
+    recover(target)
+    foreign = sorted(set(_files(target)) - _owned(read_marker(target)))
+    if foreign and read_marker(target) is None and not overwrite:
+        raise TargetError(
+            f"publish.to {target.url}: exists and was not written by datakiln ({len(foreign)} files, e.g. "
+            f"{foreign[0]}); choose a new folder, or set publish.overwrite: true (--overwrite) to publish beside "
+            "those files, which are never removed")
+
+
+def _exact_configs(card: str, files: list[str]) -> str:
+    """The card with every `configs:` data_files pattern replaced by the exact files it matches."""
+    _, header, body = card.split("---\n", 2)
+    meta = yaml.safe_load(header)
+    for config in meta.get("configs", []):
+        for entry in config.get("data_files", []):
+            patterns = entry["path"] if isinstance(entry["path"], list) else [entry["path"]]
+            entry["path"] = [f for f in files if any(fnmatch.fnmatch(_unversioned(f), p) for p in patterns)]
+    return f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n{body}"
+
+
+def _versioned(name: str, version: str) -> str:
+    """`data/train-00000-of-00002.parquet` → `data/train-<version>-00000-of-00002.parquet`."""
+    folder, base = posixpath.split(name)
+    split, _, rest = base.partition("-")
+    return posixpath.join(folder, f"{split}-{version}-{rest}")
+
+
+def _unversioned(name: str) -> str:
+    folder, base = posixpath.split(name)
+    parts = base.split("-")
+    if folder in SHARD_FOLDERS and len(parts) > 4:  # split-version-NNNNN-of-NNNNN.parquet
+        base = "-".join([parts[0], *parts[2:]])
+    return posixpath.join(folder, base)
+
+
+def commit(staging: Location, target: Location, overwrite: bool = False) -> None:
+    """Make the complete dataset in `staging` the one at `target` (see the module's docstring)."""
+    check_target(target, overwrite)
+    marker = read_marker(target)
+    foreign = set(_files(target)) - _owned(marker)
+    staged = [f for f in _files(staging) if f != MARKER]
+    if _is_local(target) and ((marker is not None and not foreign) or not target.fs.exists(target.path)):
+        _swap(staging, target, staged)
+    else:
+        _replace_in_place(staging, target, staged, marker, foreign)
+
+
+def _swap(staging: Location, target: Location, staged: list[str]) -> None:
+    card = staging.join(CARD)
+    if staging.fs.exists(card.path):
+        with staging.fs.open(card.path, "r") as handle:
+            text = handle.read()
+        _write_atomic(card, _exact_configs(text, staged).encode())
+    _write_marker(staging, staged, [], version="")
+    fs, aside = target.fs, _aside(target)
+    if fs.exists(aside.path):  # what a recovery left: files that appeared in the old version meanwhile
+        raise TargetError(f"{aside.url}: holds files datakiln did not write (left from an earlier publish); "
+                          "move them away")
+    parent = posixpath.dirname(target.path.rstrip("/"))
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    if fs.exists(target.path):
+        fs.mv(target.path, aside.path, recursive=True)
+    fs.mv(staging.path, target.path, recursive=True)
+    recover(target)  # deletes the old version (only the files its marker lists)
+
+
+def _replace_in_place(staging: Location, target: Location, staged: list[str], marker: dict[str, Any] | None,
+                      foreign: set[str]) -> None:
+    version = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}{secrets.token_hex(3)}"
+    names = {f: _versioned(f, version) if posixpath.dirname(f) in SHARD_FOLDERS else f for f in staged}
+    clashes = sorted(set(names.values()) & foreign)
+    if clashes:
+        raise TargetError(f"publish.to {target.url}: {clashes[0]} exists and was not written by datakiln; "
+                          "datakiln never replaces a file it did not write: move it away")
+    old = _owned(marker) - {MARKER}
+    new = sorted(names.values())
+    _write_marker(target, sorted(old), sorted(old | set(new)), version)  # new names are datakiln's from now on
+    fs = target.fs
+    shards_first = sorted(staged, key=lambda f: (posixpath.dirname(f) not in SHARD_FOLDERS, f == CARD))
+    for name in shards_first:
+        source, destination = staging.join(name), target.join(names[name])
+        if name == CARD:  # the commit point: names the exact new files
+            with fs.open(source.path, "r") as handle:
+                text = handle.read()
+            _write_atomic(destination, _exact_configs(text, new).encode())
+            continue
+        if posixpath.dirname(names[name]) not in ("", "."):
+            fs.makedirs(posixpath.dirname(destination.path), exist_ok=True)
+        if _is_local(target):
+            fs.mv(source.path, destination.path)
+        else:
+            fs.copy(source.path, destination.path)
+    _write_marker(target, new, sorted(old | set(new)), version)
+    _remove(target, old - set(new))
+    _write_marker(target, new, [], version)
+    fs.rm(staging.path, recursive=True)
