@@ -22,7 +22,7 @@ from typing import Any
 
 MASK = "***"
 
-_SECRET_WORDS = {"secret", "token", "password", "passwd", "pwd", "credential", "credentials", "authorization",
+_SECRET_WORDS = {"secret", "token", "password", "passwd", "credential", "credentials", "authorization",
                  "auth", "cookie", "signature", "sig", "sas", "apikey", "passphrase"}
 """A key whose last word is one of these holds a credential."""
 _SECRET_NAMES = {"api_key", "access_key", "account_key", "private_key", "secret_key", "connection_string",

@@ -26,7 +26,7 @@ import ray.data
 from pipeline import io, ops, plots, publish, sources
 from pipeline.commit import check_target, commit
 from pipeline.annotate import ImageClassifier, annotate, export_review, needs_classifier, read_human_labels
-from pipeline.errors import GateError
+from pipeline.errors import GateError, SpecError
 from pipeline.evaluate import check_inception_weights
 from pipeline.gates import failed_gates
 from pipeline.ops.base import REJECT_REASON
@@ -259,6 +259,9 @@ def run(spec: Spec, address: str | None = None, fresh: bool = False) -> RunRepor
             + ", ".join(e["op"] for e in resolved_ops)
             + "".join(f"; {name}: {len(pairs)} marked" for name, pairs in duplicates.items()))
 
+    if spec.synthesize.enabled:
+        _check_model_fits(spec, shape)
+
     with _timed(timings, "annotate"):
         classifier = ImageClassifier(stage.pixels()) if needs_classifier(spec.annotate) else None
         annotation = annotate(spec.annotate, stage.keys, reasons, stage.keys["label"], read_human_labels(run_dir),
@@ -360,6 +363,17 @@ def run(spec: Spec, address: str | None = None, fresh: bool = False) -> RunRepor
                         lineage_summary=publish.card_lineage(spec_hash, collected.fingerprints, lineage_checkpoint,
                                                              lineage["rows"]))
     return finish(spec, staging, target, publish.render_card(card), metrics, lineage, failures, timings)
+
+
+def _check_model_fits(spec: Spec, shape: ops.ImageShape) -> None:
+    """Fail before any training when the generator cannot take the stage's image sides."""
+    from synth.models import get_model
+
+    multiple = get_model(spec.synthesize.model).side_multiple
+    if shape.height % multiple or shape.width % multiple:
+        raise SpecError(f"synthesize.model: '{spec.synthesize.model}' needs image sides that are multiples of "
+                        f"{multiple}, the images are {shape.height}x{shape.width}; add a resize operator "
+                        f"(preprocess.ops: {{op: resize, size: {max(multiple, shape.height // multiple * multiple)}}})")
 
 
 def _put_plot(staging: io.Location, name: str, draw) -> None:

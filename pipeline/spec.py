@@ -46,6 +46,17 @@ class SourceSpec(_Section):
     storage_options: dict[str, Any] = Field(default_factory=dict)
     """Passed to fsspec (credentials belong in the environment, never in lineage)."""
 
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, encoding: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {encoding!r} (e.g. utf8, latin1, cp1252)") from None
+        return encoding
+
     @model_validator(mode="after")
     def _check_paths(self) -> SourceSpec:
         if self.format != "sklearn" and not self.path:
@@ -80,6 +91,24 @@ class RuleSpec(_Section):
     value: Any
     label: str
     weight: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_value(self) -> RuleSpec:
+        scalar = (str, int, float, bool)
+        if self.op == "in":
+            if not isinstance(self.value, list) or not self.value or not all(isinstance(v, scalar) for v in self.value):
+                raise ValueError(f"value: op 'in' needs a list of values, e.g. [a, b] (got {self.value!r})")
+        elif self.op in ("contains", "matches"):
+            if not isinstance(self.value, str):
+                raise ValueError(f"value: op '{self.op}' needs a text value (got {self.value!r})")
+            if self.op == "matches":
+                try:
+                    re.compile(self.value)
+                except re.error as err:
+                    raise ValueError(f"value: {self.value!r} is not a regex: {err}") from None
+        elif not isinstance(self.value, scalar):
+            raise ValueError(f"value: op '{self.op}' needs one number or text (got {self.value!r})")
+        return self
 
 
 class LabelerSpec(_Section):
@@ -225,7 +254,7 @@ class PublishSpec(_Section):
 
 class Spec(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
     run_root: str = "./runs"
     source: SourceSpec
     preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
@@ -359,6 +388,8 @@ def load_spec(url: str, overrides: list[str] = ()) -> Spec:
             raw = yaml.safe_load(handle)
     except FileNotFoundError:
         raise SpecError(f"{url}: spec file not found") from None
+    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as err:
+        raise SpecError(f"{url}: cannot read the spec ({type(err).__name__}: {str(err).splitlines()[0]})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

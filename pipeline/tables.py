@@ -88,6 +88,8 @@ def _clean(table: pa.Table, types: dict[str, pa.DataType], hashed: list[str]) ->
         if name not in table.column_names:
             raise SourceError(f"{table['source_ref'][0].as_py().split('#')[0]}: no column '{name}'")
         column = table[name]
+        if pa.types.is_floating(column.type) and not pa.types.is_floating(arrow_type):
+            column = pc.if_else(pc.is_finite(column), column, pa.scalar(None, column.type))  # NaN: missing, not "nan"
         try:  # fast path: Arrow casts the whole column (and checks numbers are finite)
             cast = pc.cast(column, arrow_type)
             if pa.types.is_floating(arrow_type) and not pc.all(pc.is_finite(pc.fill_null(cast, 0.0))).as_py():

@@ -111,3 +111,68 @@ def test_a_latin1_csv_runs_once_its_encoding_is_set(tmp_path):
     assert _run(tmp_path, {"format": "csv", "path": path, "encoding": "latin1"}) == 0
     lineage = _lineage(tmp_path)
     assert lineage["rows"]["rows_in"] == 30
+
+
+SPEC_ERRORS = {
+    "a gate typed as a user types it": (["evaluate.gates.tstr_ratio=>= 0.9"], None),
+    "an unknown encoding": (["source.encoding=utf-99"], "source.encoding: unknown text encoding 'utf-99'"),
+    "a negative seed": (["seed=-1"], "seed: Input should be greater than or equal to 0 (got -1)"),
+    "op in with a scalar": (["annotate.labelers=[{type: rules, rules: [{column: a, op: in, value: 3, label: x}]}]"],
+                            "op 'in' needs a list of values"),
+    "a bad regex": (["annotate.labelers=[{type: rules, rules: [{column: a, op: matches, value: '(', label: x}]}]"],
+                    "is not a regex"),
+    "a list to compare with": (["annotate.labelers=[{type: rules, rules: [{column: a, op: '>', value: [1], label: x}]}]"],
+                               "op '>' needs one number or text"),
+}
+
+
+@pytest.mark.parametrize("case", list(SPEC_ERRORS))
+def test_spec_mistakes_stop_with_one_line_before_any_work(tmp_path, capsys, case):
+    overrides, message = SPEC_ERRORS[case]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(json.dumps({"name": "bad", "source": {"format": "csv", "path": str(tmp_path)}}))
+    status = main(["validate", str(spec), *(a for o in overrides for a in ("--set", o))])
+    if message is None:
+        assert status == 0
+    else:
+        assert message in _one_line_error(capsys, status)
+
+
+def test_rule_values_that_do_not_fit_the_column_stop_with_one_line(tmp_path, capsys):
+    rows = ["age,label"] + [f"{20 + i},{'ab'[i % 2] if i % 3 else ''}" for i in range(30)]
+    path = _text_file(tmp_path, "people.csv", ("\n".join(rows) + "\n").encode())
+    status = _run(tmp_path, {"format": "csv", "path": path},
+                  "annotate.labelers=[{type: column}, {type: rules, rules: [{column: age, op: '>', value: old, label: a}]}]",
+                  "preprocess.max_reject_fraction=0.9")
+    assert "rule 'age > 'old'': the value does not fit column 'age' (int64)" in _one_line_error(capsys, status)
+
+
+def test_nan_labels_hidden_folders_truncated_idx_and_odd_sides(tmp_path, capsys):
+    rows = ["x,label"] + [f"{i},{float(i % 2)}" for i in range(30)] + ["31,NaN", "32,"]
+    path = _text_file(tmp_path, "floats.csv", ("\n".join(rows) + "\n").encode())
+    assert _run(tmp_path, {"format": "csv", "path": path}, "preprocess.max_reject_fraction=0.5") == 0
+    assert _lineage(tmp_path)["rows"]["rejected_by_reason"] == {"annotate: missing label": 2}
+
+    root = tmp_path / "images"
+    images, labels = blob_images(16, size=12)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        for folder in (root / str(label), root / ".ipynb_checkpoints" / str(label), root / str(label) / ".git"):
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{i}.png").write_bytes(png_bytes(image))
+    (tmp_path / "out").rename(tmp_path / "out-csv")
+    assert _run(tmp_path, {"format": "images", "path": str(root)}) == 0
+    lineage = _lineage(tmp_path)
+    assert lineage["rows"]["rows_in"] == 16 and lineage["class_names"] == ["0", "1"]
+
+    images, labels = blob_images(64, size=10)
+    image_path, label_path = write_idx(tmp_path, images, labels)
+    spec = tmp_path / "odd.yaml"
+    spec.write_text(json.dumps({"name": "odd", "run_root": str(tmp_path / "runs"),
+                                "source": {"format": "idx", "path": str(image_path), "labels": str(label_path)},
+                                "preprocess": {"ops": [{"op": "decode"}]}, "publish": {"to": str(tmp_path / "odd")}}))
+    message = _one_line_error(capsys, main(["run", str(spec)]))
+    assert "synthesize.model: 'cvae' needs image sides that are multiples of 4, the images are 10x10" in message
+
+    image_path.write_bytes(image_path.read_bytes()[:-40])  # a gzip stream cut short
+    message = _one_line_error(capsys, main(["run", str(spec), "--set", "synthesize.enabled=false"]))
+    assert "images-idx3-ubyte.gz: truncated or corrupt IDX file" in message

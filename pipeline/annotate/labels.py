@@ -14,6 +14,7 @@ label belong to each other class, and those rows flagged by margin (`confident_l
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -111,7 +112,12 @@ def vote(labeler: LabelerSpec, table: pa.Table) -> tuple[np.ndarray, np.ndarray]
         if rule.column not in table.column_names:
             raise SpecError(f"annotate.labelers: rule on '{rule.column}': no such column "
                             f"(columns: {', '.join(c for c in table.column_names if c != 'source_ref')})")
-        votes[:, names.index(rule.label)] += _rule_fires(rule, table[rule.column]) * (
+        try:
+            fires = _rule_fires(rule, table[rule.column])
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, TypeError, ValueError):
+            raise SpecError(f"annotate.labelers: rule '{rule.column} {rule.op} {rule.value!r}': the value does not fit "
+                            f"column '{rule.column}' ({table[rule.column].type})") from None
+        votes[:, names.index(rule.label)] += fires * (
             rule.weight if labeler.vote == "weighted" else 1.0)
     total = votes.sum(1)
     best = votes.argmax(1)
@@ -130,7 +136,7 @@ def path_labels(pattern: str, refs: list[str]) -> np.ndarray:
 
 
 def _key(value: Any) -> str | int | None:
-    if value is None or value == "":
+    if value is None or value == "" or (isinstance(value, float) and not math.isfinite(value)):
         return None
     if isinstance(value, (int, np.integer)) or (isinstance(value, float) and value == int(value)):
         return int(value)

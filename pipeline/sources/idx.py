@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 
 import numpy as np
 import ray.data
@@ -37,7 +38,7 @@ def read_header(loc: io.Location, magic: int, dims: int) -> tuple[int, ...]:
     try:
         with _open(loc) as handle:
             header = handle.read(size)
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:
         raise SourceError(f"{loc.url}: cannot read IDX header: {err}") from None
     if len(header) < size:
         raise SourceError(f"{loc.url}: file too short for an IDX header ({len(header)} bytes)")
@@ -54,12 +55,16 @@ def _read_range(
     ids = batch["id"]
     start, count = int(ids[0]), len(ids)
     pixels = shape[0] * shape[1]
-    with _open(images) as handle:
-        handle.seek(16 + start * pixels)
-        data = handle.read(count * pixels)
-    with _open(labels) as handle:
-        handle.seek(8 + start)
-        label_bytes = handle.read(count)
+    try:
+        with _open(images) as handle:
+            handle.seek(16 + start * pixels)
+            data = handle.read(count * pixels)
+        with _open(labels) as handle:
+            handle.seek(8 + start)
+            label_bytes = handle.read(count)
+    except (EOFError, OSError, zlib.error) as err:  # a gzip stream cut short or corrupt
+        raise SourceError(f"{images.url}: truncated or corrupt IDX file (records {start}-{start + count}): "
+                          f"{str(err).splitlines()[0] or type(err).__name__}") from None
     if len(data) != count * pixels or len(label_bytes) != count:
         raise SourceError(f"{images.url}: truncated IDX file at record {start + len(data) // pixels}")
     return {

@@ -49,7 +49,8 @@ def read(spec: SourceSpec) -> Collected:
     root = io.require_exists(spec.path, "image folder", spec.storage_options)
     if not root.fs.isdir(root.path):
         raise SourceError(f"{spec.path}: image folder: not a directory")
-    files = {p: i for p, i in io.list_files(root).items() if not posixpath.basename(p).startswith(".")}
+    files = {p: i for p, i in io.list_files(root).items()  # hidden files and folders (.git, .ipynb_checkpoints)
+             if not any(part.startswith(".") for part in posixpath.relpath(p, root.path).split("/"))}
     if spec.limit:
         files = dict(list(files.items())[: spec.limit])
     paths = list(files)

@@ -74,6 +74,8 @@ class ImageModel:
     modality = "image"
     schema_type = ImageSchema
     min_steps = 0
+    side_multiple = 4
+    """Two stride-2 layers each way: image sides must be multiples of this."""
 
     def inputs(self, batch: dict[str, Any]) -> tuple[Any, ...]:
         from synth.step import to_model_input
