@@ -40,6 +40,18 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """A local S3 server (moto) on loopback, shared by the session; each module makes its own buckets."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
 def write_idx(folder: Path, images: np.ndarray, labels: np.ndarray, compress: bool = True,
               image_magic: int = 0x803, label_count: int | None = None) -> tuple[Path, Path]:
     """Write an IDX images/labels pair (gzip by default)."""

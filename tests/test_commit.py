@@ -154,23 +154,17 @@ def test_sigkill_at_any_instant_of_a_local_publish_leaves_a_whole_dataset(tmp_pa
 
 
 @pytest.fixture(scope="module")
-def bucket():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing"}
+def bucket(moto_endpoint):
+    options = {"endpoint_url": moto_endpoint, "key": "testing", "secret": "testing"}
     import s3fs
 
-    s3fs.S3FileSystem(**options).mkdir("datasets")
-    yield options
-    server.stop()
+    s3fs.S3FileSystem(**options).mkdir("crash-tests")
+    return options
 
 
 def test_sigkill_at_any_instant_of_an_s3_publish_leaves_a_whole_dataset(bucket):
-    target = io.resolve("s3://datasets/crash", bucket)
-    outcomes = _kill_loop("s3://datasets/crash", target, bucket, lambda t: t.fs.invalidate_cache())
+    target = io.resolve("s3://crash-tests/crash", bucket)
+    outcomes = _kill_loop("s3://crash-tests/crash", target, bucket, lambda t: t.fs.invalidate_cache())
     print(f"s3: {len(outcomes)} killed publishes: {outcomes.count('old')} old, {outcomes.count('new')} new")
     assert len(outcomes) == KILLS
     files = set(target.fs.find(target.path))
@@ -184,7 +178,7 @@ def test_a_reader_during_s3_replacements_never_sees_a_mix(bucket, tmp_path, monk
     import datasets
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # the bucket is the loopback moto server
-    url = "s3://datasets/live"
+    url = "s3://crash-tests/live"
     _finish(url, 0, bucket)
     stop, seen, retries, errors = threading.Event(), [], [0], []
 

@@ -18,20 +18,14 @@ SECRET = "moto-secret-never-logged"
 
 
 @pytest.fixture(scope="module")
-def s3():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": SECRET}
+def s3(moto_endpoint):
+    options = {"endpoint_url": moto_endpoint, "key": "testing", "secret": SECRET}
     import s3fs
 
     fs = s3fs.S3FileSystem(**options)
     for bucket in ("raw-images", "datasets"):
         fs.mkdir(bucket)
-    yield fs, options
-    server.stop()
+    return fs, options
 
 
 def test_images_from_s3_publish_to_another_bucket(s3, tmp_path, monkeypatch):

@@ -39,19 +39,13 @@ def http_csv(tmp_path):
 
 
 @pytest.fixture
-def bucket():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": IN_OPTIONS}
+def bucket(moto_endpoint):
+    options = {"endpoint_url": moto_endpoint, "key": "testing", "secret": IN_OPTIONS}
     import s3fs
 
     fs = s3fs.S3FileSystem(**options)
-    fs.mkdir("datasets")
-    yield fs, options
-    server.stop()
+    fs.mkdir("secret-tests")
+    return fs, options
 
 
 def _assert_clean(text: str, where: str) -> None:
@@ -66,15 +60,15 @@ def test_planted_secrets_reach_no_artifact(http_csv, bucket, tmp_path, capfd, mo
             "source": {"format": "csv", "path": http_csv,
                        "storage_options": {"headers": {"X-Api-Key": IN_HEADER}}},
             "synthesize": {"enabled": False},
-            "publish": {"to": "s3://datasets/people", "storage_options": options}}
+            "publish": {"to": "s3://secret-tests/people", "storage_options": options}}
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     assert main(["run", str(path), "--set", f"name=secrets-{'x' * 3}"]) == 0
     console = capfd.readouterr()
     _assert_clean(console.out + console.err, "the console")
     for name in ("lineage.json", "README.md", "metrics.json", ".datakiln.json"):
-        _assert_clean(fs.cat(f"datasets/people/{name}").decode(), name)
-    lineage = json.loads(fs.cat("datasets/people/lineage.json"))
+        _assert_clean(fs.cat(f"secret-tests/people/{name}").decode(), name)
+    lineage = json.loads(fs.cat("secret-tests/people/lineage.json"))
     assert lineage["spec"]["source"]["path"].startswith("http://***@127.0.0.1:")
     assert lineage["spec"]["source"]["storage_options"]["headers"]["X-Api-Key"] == "***"
     assert lineage["rows"]["rows_out"] == 60
