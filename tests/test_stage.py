@@ -109,7 +109,7 @@ def test_unchanged_input_pngs_are_published_as_they_are(tmp_path):
     for split in ("train", "test"):
         rows = load_published(tmp_path / "out", split=split, tmp_path=tmp_path)
         for row in rows.cast_column("image", datasets.Image(decode=False)):
-            published[row["source_ref"].rsplit("/", 1)[1]] = row["image"]["bytes"]
+            published[row["source_ref"].rsplit("/", 1)[-1]] = row["image"]["bytes"]
     assert sorted(published) == ["0.png", "1.png", "2.png", "3.jpg", "4.png", "5.png"]
     for name, content in plain.items():
         assert published[name] == content
