@@ -12,7 +12,9 @@ wrote there. Nothing that the marker does not list is ever removed or replaced:
 - everywhere else (object stores, or a local folder shared with other files) the new
   version's shards get new names, `README.md` — whose `configs:` name the exact data
   files — is written as the single-object commit point, and only then are the old
-  version's files deleted. A reader sees the old or the new dataset, never a mix.
+  version's files deleted. A reader sees the old or the new dataset, never a mix;
+- on the Hugging Face Hub (`hf://`), the new files and the deletion of the old ones are
+  one commit, based on the revision read before it.
 
 The marker is updated before any new file is written (new names are listed as pending),
 so a crash at any instant leaves every file datakiln wrote known as datakiln's.
@@ -153,6 +155,23 @@ def _exact_configs(card: str, files: list[str]) -> str:
     return f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n{body}"
 
 
+def data_files(target: Location) -> dict[tuple[str, str], list[str]]:
+    """(config, split) → the data files the card at `target` names (what a reader should read)."""
+    card = target.join(CARD)
+    if not target.fs.exists(card.path):
+        return {}
+    text = target.fs.cat_file(card.path).decode()
+    parts = text.split("---\n", 2)
+    meta = yaml.safe_load(parts[1]) if len(parts) == 3 else None
+    found = {}
+    for config in (meta or {}).get("configs", []) if isinstance(meta, dict) else []:
+        for entry in config.get("data_files", []):
+            paths = entry["path"] if isinstance(entry["path"], list) else [entry["path"]]
+            files = [f for p in paths for f in sorted(target.fs.glob(target.join(p).path))]
+            found[(config["config_name"], entry["split"])] = files
+    return found
+
+
 def _versioned(name: str, version: str) -> str:
     """`data/train-00000-of-00002.parquet` → `data/train-<version>-00000-of-00002.parquet`."""
     folder, base = posixpath.split(name)
@@ -168,13 +187,27 @@ def _unversioned(name: str) -> str:
     return posixpath.join(folder, base)
 
 
+def is_hub(loc: Location) -> bool:
+    protocols = loc.fs.protocol if isinstance(loc.fs.protocol, tuple) else (loc.fs.protocol,)
+    return "hf" in protocols
+
+
+def _refuse_clashes(names: list[str], foreign: set[str], target: Location) -> None:
+    clashes = sorted(set(names) & foreign)
+    if clashes:
+        raise TargetError(f"publish.to {target.url}: {clashes[0]} exists and was not written by datakiln; "
+                          "datakiln never replaces a file it did not write: move it away")
+
+
 def commit(staging: Location, target: Location, overwrite: bool = False) -> None:
     """Make the complete dataset in `staging` the one at `target` (see the module's docstring)."""
     check_target(target, overwrite)
     marker = read_marker(target)
     foreign = set(_files(target)) - _owned(marker)
     staged = [f for f in _files(staging) if f != MARKER]
-    if _is_local(target) and ((marker is not None and not foreign) or not target.fs.exists(target.path)):
+    if is_hub(target):
+        hub_commit(staging, target, staged, marker, foreign)
+    elif _is_local(target) and ((marker is not None and not foreign) or not target.fs.exists(target.path)):
         _swap(staging, target, staged)
     else:
         _replace_in_place(staging, target, staged, marker, foreign)
@@ -204,10 +237,7 @@ def _replace_in_place(staging: Location, target: Location, staged: list[str], ma
                       foreign: set[str]) -> None:
     version = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}{secrets.token_hex(3)}"
     names = {f: _versioned(f, version) if posixpath.dirname(f) in SHARD_FOLDERS else f for f in staged}
-    clashes = sorted(set(names.values()) & foreign)
-    if clashes:
-        raise TargetError(f"publish.to {target.url}: {clashes[0]} exists and was not written by datakiln; "
-                          "datakiln never replaces a file it did not write: move it away")
+    _refuse_clashes(list(names.values()), foreign, target)
     old = _owned(marker) - {MARKER}
     new = sorted(names.values())
     _write_marker(target, sorted(old), sorted(old | set(new)), version)  # new names are datakiln's from now on
@@ -230,3 +260,38 @@ def _replace_in_place(staging: Location, target: Location, staged: list[str], ma
     _remove(target, old - set(new))
     _write_marker(target, new, [], version)
     fs.rm(staging.path, recursive=True)
+
+
+def hub_plan(staged: list[str], marker: dict[str, Any] | None, foreign: set[str],
+             target: Location) -> tuple[list[str], list[str]]:
+    """What one Hub commit adds (every staged file and the marker) and deletes (the earlier
+    publish's files that this one does not write again; never a file datakiln did not write)."""
+    _refuse_clashes(staged, foreign, target)
+    return sorted(staged) + [MARKER], sorted(_owned(marker) - {MARKER} - set(staged))
+
+
+def hub_commit(staging: Location, target: Location, staged: list[str], marker: dict[str, Any] | None,
+               foreign: set[str]) -> None:
+    """The whole new version as one Hub commit (atomic for readers), based on the revision
+    read at the start, so a concurrent publish makes this one fail instead of mixing."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+
+    adds, deletes = hub_plan(staged, marker, foreign, target)
+    card = staging.join(CARD)
+    if staging.fs.exists(card.path):
+        _write_atomic(card, _exact_configs(staging.fs.cat_file(card.path).decode(), staged).encode())
+    _write_marker(staging, staged, [], version="")
+    where = target.fs.resolve_path(target.path)
+    prefix = where.path_in_repo.strip("/")
+
+    def in_repo(name: str) -> str:
+        return posixpath.join(prefix, name) if prefix else name
+
+    api = HfApi()
+    parent = api.repo_info(where.repo_id, repo_type=where.repo_type, revision=where.revision).sha
+    operations = [CommitOperationAdd(path_in_repo=in_repo(name), path_or_fileobj=staging.join(name).path)
+                  for name in adds]
+    operations += [CommitOperationDelete(path_in_repo=in_repo(name)) for name in deletes]
+    api.create_commit(where.repo_id, operations, commit_message=f"datakiln: publish {len(staged)} files",
+                      repo_type=where.repo_type, revision=where.revision, parent_commit=parent)
+    staging.fs.rm(staging.path, recursive=True)

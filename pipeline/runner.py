@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from pipeline import io, ops, plots, publish, sources
-from pipeline.commit import check_target, commit
+from pipeline.commit import check_target, commit, is_hub
 from pipeline.annotate import ImageClassifier, annotate, export_review, needs_classifier, read_human_labels
 from pipeline.errors import GateError, SpecError
 from pipeline.evaluate import check_inception_weights
@@ -212,7 +212,8 @@ def publish_locations(spec: Spec, run_dir: str, run_id: str, failed: bool) -> tu
     and an empty staging folder beside it, where everything is written before the commit."""
     options = {} if failed else spec.publish.storage_options
     target = io.resolve(os.path.join(run_dir, "candidate") if failed else spec.publish_target(), options)
-    staging = io.resolve(f"{target.url.rstrip('/')}.staging-{run_id}", options)
+    staging = (io.resolve(os.path.join(run_dir, f"hub-staging-{run_id}")) if is_hub(target)  # one commit from here
+               else io.resolve(f"{target.url.rstrip('/')}.staging-{run_id}", options))
     if staging.fs.exists(staging.path):
         staging.fs.rm(staging.path, recursive=True)
     return target, staging

@@ -29,16 +29,31 @@ from pipeline.ops import registry
 from pipeline.ops.base import REJECT_REASON
 from pipeline.publish import card_lineage
 from pipeline.publish_table import LABEL_COLUMNS, render_table_card, table_schema, write_table_split
+from pipeline.sources.tables import READ_ERROR
 from pipeline.spec import Spec
 from pipeline.split import in_test_split, ref_hashes
 from pipeline.stage import stage_folder
 
 INFER_ROWS = 20_000
 """Rows read to infer column kinds."""
+NAN_TEXT = pa.array(["NaN", "nan", "NAN"])
+"""In a text column these mean a missing value (in a number column they reject the row)."""
+
+
+def _integral_text(sample: pa.ChunkedArray) -> bool:
+    """Text whose values that are numbers are all whole numbers (CSV and JSONL are read as text)."""
+    values = pc.drop_null(sample)
+    numbers = pc.match_substring_regex(values, r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
+    if not pc.any(numbers).as_py():
+        return False
+    integers = pc.match_substring_regex(values, r"^\s*[-+]?\d+\s*$")
+    return pc.all(pc.or_(pc.invert(numbers), integers)).as_py() and pc.max(pc.utf8_length(values)).as_py() < 19
 
 
 def _target_type(kind: str, sample: pa.ChunkedArray) -> pa.DataType:
     if kind == "numeric":
+        if pa.types.is_string(sample.type):
+            return pa.int64() if _integral_text(sample) else pa.float64()
         return pa.int64() if pa.types.is_integer(sample.type) else pa.float64()
     if kind == "boolean":
         return pa.bool_()
@@ -81,15 +96,22 @@ def _cast_value(value: Any, arrow_type: pa.DataType) -> tuple[Any, str]:
 
 
 def _clean(table: pa.Table, types: dict[str, pa.DataType], hashed: list[str]) -> pa.Table:
-    """Cast every kept column to its type; a value that does not fit rejects its row."""
-    reasons = [""] * table.num_rows
+    """Cast every kept column to its type; a value that does not fit rejects its row (as does
+    a line the reader could not take)."""
+    unreadable = READ_ERROR in table.column_names
+    reasons = [r or "" for r in table[READ_ERROR].to_pylist()] if unreadable else [""] * table.num_rows
     columns = {}
     for name, arrow_type in types.items():
         if name not in table.column_names:
-            raise SourceError(f"{table['source_ref'][0].as_py().split('#')[0]}: no column '{name}'")
+            if not unreadable:
+                raise SourceError(f"{table['source_ref'][0].as_py().split('#')[0]}: no column '{name}'")
+            columns[name] = pa.nulls(table.num_rows, arrow_type)
+            continue
         column = table[name]
         if pa.types.is_floating(column.type) and not pa.types.is_floating(arrow_type):
             column = pc.if_else(pc.is_finite(column), column, pa.scalar(None, column.type))  # NaN: missing, not "nan"
+        elif pa.types.is_string(column.type) and pa.types.is_string(arrow_type):  # NaN written as text (pandas)
+            column = pc.if_else(pc.is_in(column, value_set=NAN_TEXT), pa.scalar(None, pa.string()), column)
         try:  # fast path: Arrow casts the whole column (and checks numbers are finite)
             cast = pc.cast(column, arrow_type)
             if pa.types.is_floating(arrow_type) and not pc.all(pc.is_finite(pc.fill_null(cast, 0.0))).as_py():
@@ -119,7 +141,8 @@ def infer_types(spec: Spec, dataset: ray.data.Dataset) -> tuple[dict[str, str], 
     tables = [t for t in ray.get(sample) if t.num_rows]
     if not tables:
         raise SourceError(f"{spec.source.path}: the source is empty")
-    table = pa.concat_tables(tables, promote_options="permissive").drop_columns(["source_ref"])
+    table = pa.concat_tables(tables, promote_options="permissive")
+    table = table.drop_columns([c for c in ("source_ref", READ_ERROR) if c in table.column_names])
     for name in spec.source.columns:
         if name not in table.column_names:
             raise SpecError(f"source.columns.{name}: no such column (columns: {', '.join(table.column_names)})")
@@ -128,9 +151,33 @@ def infer_types(spec: Spec, dataset: ray.data.Dataset) -> tuple[dict[str, str], 
         raise SourceError(f"annotate.label_column: no column '{target}' in {spec.source.path} "
                           f"(columns: {', '.join(table.column_names)})")
     given = {k: v for k, v in spec.source.columns.items() if v != "ignore"}
-    kinds = infer_kinds(table.drop_columns([c for c, v in spec.source.columns.items() if v == "ignore"]),
-                        {**given, target: "categorical"})
+    table = _modelable(table, spec)
+    kinds = infer_kinds(table, {**given, target: "categorical"})
     return kinds, {name: _target_type(kind, table[name]) for name, kind in kinds.items()}
+
+
+def _modelable(table: pa.Table, spec: Spec) -> pa.Table:
+    """The sample with dictionary columns decoded and decimals as floats; columns with no
+    value at all are left out (they carry nothing to model); nested or binary columns stop
+    the run with the key that ignores them."""
+    columns = {}
+    for name, column in zip(table.column_names, table.columns):
+        kind = column.type
+        if spec.source.columns.get(name) == "ignore":
+            continue
+        if pa.types.is_dictionary(kind):
+            column = column.cast(kind.value_type)
+        elif pa.types.is_decimal(kind):
+            column = column.cast(pa.float64())
+        elif pa.types.is_null(kind) or column.null_count == len(column):
+            if name != spec.annotate.label_column and name not in spec.source.columns:
+                continue
+            column = column.cast(pa.string())
+        elif pa.types.is_nested(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+            raise SpecError(f"source.columns.{name}: a {kind} column cannot be modelled as a table column; "
+                            f"set source.columns.{name}: ignore")
+        columns[name] = column
+    return pa.table(columns)
 
 
 def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_version: dict[str, Any],

@@ -116,7 +116,9 @@ def infer_kinds(table: pa.Table, overrides: dict[str, str] | None = None, max_ca
         elif pa.types.is_integer(kind_type) or pa.types.is_floating(kind_type):
             kinds[name] = "numeric"
         elif pa.types.is_string(kind_type) or pa.types.is_large_string(kind_type):
-            if len(non_null) and _all_timestamps(non_null):
+            if len(non_null) and set(pc.utf8_lower(pc.unique(non_null)).to_pylist()) <= {"true", "false"}:
+                kinds[name] = "boolean"  # as pyarrow types true/false text
+            elif len(non_null) and _all_timestamps(non_null):
                 kinds[name] = "datetime"
             elif len(non_null) and _number_share(non_null) >= 0.95:  # a few stray texts: rejected when cleaning
                 kinds[name] = "numeric"

@@ -40,6 +40,15 @@ def ray_session():
     ray.shutdown()
 
 
+def pytest_terminal_summary(terminalreporter):
+    """The fuzz figures, in every run's summary (CI's log included)."""
+    import sys
+
+    fuzz = sys.modules.get("tests.test_fuzz")
+    if fuzz is not None and fuzz.tried:
+        terminalreporter.write_line(f"fuzz: {sum(fuzz.tried.values())} bad inputs tried {fuzz.tried}")
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint():
     """A local S3 server (moto) on loopback, shared by the session; each module makes its own buckets."""

@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
@@ -176,3 +179,87 @@ def test_nan_labels_hidden_folders_truncated_idx_and_odd_sides(tmp_path, capsys)
     image_path.write_bytes(image_path.read_bytes()[:-40])  # a gzip stream cut short
     message = _one_line_error(capsys, main(["run", str(spec), "--set", "synthesize.enabled=false"]))
     assert "images-idx3-ubyte.gz: truncated or corrupt IDX file" in message
+
+
+def _shard(folder, name: str, table) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, folder / name)
+
+
+def test_evaluate_on_what_it_cannot_compare_stops_with_one_line(tmp_path, capsys):
+    from pipeline import publish
+
+    _shard(tmp_path / "table" / "data", "train-00000-of-00001.parquet", pa.table({"age": [1, 2], "label": [0, 1]}))
+    message = _one_line_error(capsys, main(["evaluate", "--real", str(tmp_path / "table")]))
+    assert "train-00000-of-00001.parquet: no image and label columns (a table dataset?)" in message
+
+    schema = publish.image_schema(["a", "b"])
+
+    def images(*cells):
+        return pa.table({"image": [{"bytes": c, "path": None} for c in cells], "label": [0] * len(cells),
+                         "label_source": ["given"] * len(cells), "label_confidence": [None] * len(cells),
+                         "origin": ["real"] * len(cells), "source_ref": ["x"] * len(cells),
+                         "generator": [None] * len(cells)}, schema=schema)
+    small, large = png_bytes(np.zeros((8, 8), np.uint8)), png_bytes(np.zeros((12, 12), np.uint8))
+    _shard(tmp_path / "junk" / "data", "train-00000-of-00001.parquet", images(small, b"not an image"))
+    message = _one_line_error(capsys, main(["evaluate", "--real", str(tmp_path / "junk")]))
+    assert "train-00000-of-00001.parquet: row 1: not a decodable image" in message
+    _shard(tmp_path / "mixed" / "data", "train-00000-of-00001.parquet", images(small, large))
+    message = _one_line_error(capsys, main(["evaluate", "--real", str(tmp_path / "mixed")]))
+    assert "row 1: image of 12x12x1, the first is 8x8x1; evaluate needs images of one size" in message
+
+
+def test_table_columns_of_every_arrow_type_run_or_name_the_key_to_set(tmp_path, capsys):
+    import decimal
+
+    n = 40
+    table = pa.table({
+        "city": pa.array([f"c{i % 3}" for i in range(n)]).dictionary_encode(),
+        "price": pa.array([decimal.Decimal(f"{i}.25") for i in range(n)], pa.decimal128(6, 2)),
+        "empty": pa.nulls(n),
+        "tags": pa.array([[i, i + 1] for i in range(n)]),
+        "label": ["ab"[i % 2] for i in range(n)]})
+    pq.write_table(table, tmp_path / "typed.parquet")
+    source = {"format": "parquet", "path": str(tmp_path / "typed.parquet")}
+    message = _one_line_error(capsys, _run(tmp_path, source))
+    assert "source.columns.tags: a list<element: int64> column cannot be modelled" in message
+    assert "set source.columns.tags: ignore" in message
+    assert _run(tmp_path, {**source, "columns": {"tags": "ignore"}}) == 0
+    lineage = _lineage(tmp_path)
+    assert lineage["column_kinds"] == {"city": "categorical", "price": "numeric", "label": "categorical"}
+    assert lineage["rows"]["rows_out"] == n
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_bad_rows_past_the_first_block_become_rejects_not_a_stopped_run(tmp_path, fmt):
+    """pyarrow types a file from its first 4 MiB block: text in a number column (or a line
+    with the wrong number of fields) further on used to stop the whole run."""
+    from pipeline import io as dkio
+    from pipeline.sources import tables as readers
+    from pipeline.tables import _clean, _target_type
+    from synth.tabular import infer_kinds
+
+    good = 200_000
+    if fmt == "csv":
+        lines = ["age,score,label,note"] + [f"{20 + i % 50},{i % 97}.5,{'ab'[i % 2]},row {i:010d}" for i in range(good)]
+        lines += ["thirty,1.5,a,x", "31,2.5,b,y,extra", "32"]
+    else:
+        lines = [json.dumps({"age": 20 + i % 50, "score": i % 97 + 0.5, "label": "ab"[i % 2]}) for i in range(good)]
+        lines += ['{"age": "thirty", "score": 1.5, "label": "a"}', "[31, 2.5]", '{"age": 32,']
+    path = tmp_path / f"big.{fmt}"
+    path.write_text("\n".join(lines) + "\n")
+    assert path.stat().st_size > 4 * 2**20
+    root = dkio.resolve(str(path))
+    parts = list(readers._read_tables({"path": np.array([root.path], dtype=object)}, root, fmt, "image", "utf8"))
+    table = pa.concat_tables(parts, promote_options="permissive")
+    sample = table.slice(0, 20_000).drop_columns(["source_ref"])
+    kinds = infer_kinds(sample.drop_columns([c for c in sample.column_names if c == readers.READ_ERROR]),
+                        {"label": "categorical"})
+    types = {name: _target_type(kind, sample[name]) for name, kind in kinds.items()}
+    assert {n: types[n] for n in ("age", "score", "label")} == {"age": pa.int64(), "score": pa.float64(),
+                                                                 "label": pa.string()}
+    cleaned = _clean(table, types, list(types))
+    reasons = [r for r in cleaned["reject_reason"].to_pylist() if r]
+    assert cleaned.num_rows == good + 3 and len(reasons) == 3
+    assert "clean: not a number ('thirty' in 'age')" in reasons
+    assert sum(r.startswith("read: ") for r in reasons) == 2

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from pipeline import io
-from pipeline.commit import MARKER, TargetError, check_target, commit, read_marker, recover
+from pipeline.commit import MARKER, TargetError, check_target, commit, hub_plan, is_hub, read_marker, recover
 from tests import publish_child
 from tests.conftest import ROOT, load_published
 
@@ -217,3 +217,15 @@ def test_a_reader_during_s3_replacements_never_sees_a_mix(bucket, tmp_path, monk
     for versions, counts in seen:
         assert len(versions) == 1, f"a mix: {versions}"
         assert counts == publish_child.rows_of(int(next(iter(versions))[1:]))
+
+
+def test_a_hub_publish_is_one_commit_that_touches_only_datakilns_files(tmp_path):
+    assert is_hub(io.resolve("hf://datasets/someone/digits")) and not is_hub(io.resolve(str(tmp_path)))
+    target = io.resolve(str(tmp_path))
+    previous = {"files": ["README.md", "data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet",
+                          "near_duplicates.png"], "pending": []}
+    adds, deletes = hub_plan(["README.md", "data/train-00000-of-00001.parquet"], previous, {".gitattributes"}, target)
+    assert adds == ["README.md", "data/train-00000-of-00001.parquet", ".datakiln.json"]
+    assert deletes == ["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet", "near_duplicates.png"]
+    with pytest.raises(TargetError, match="README.md exists and was not written by datakiln"):
+        hub_plan(["README.md"], None, {"README.md", ".gitattributes"}, target)

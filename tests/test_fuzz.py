@@ -224,7 +224,7 @@ def test_whole_runs_on_broken_inputs_end_in_a_dataset_or_one_line(tmp_path, caps
     """A few dozen runs on one shared Ray: broken CSV and image folders (drawn with a fixed
     seed from the mutations above) publish with exact accounting or stop with one line."""
     rng = random.Random(7)
-    outcomes = {"published": 0, "refused": 0}
+    outcomes, reasons = {"published": 0, "refused": 0}, []
     for case in range(RUNS):
         folder = tmp_path / f"case{case}"
         folder.mkdir()
@@ -255,6 +255,7 @@ def test_whole_runs_on_broken_inputs_end_in_a_dataset_or_one_line(tmp_path, caps
         else:
             assert err.startswith("datakiln: error: ") and err.count("\n") == 1, err
             outcomes["refused"] += 1
+            reasons.append(err.strip().rsplit(str(folder), 1)[-1][-90:])
     tried["run"] = RUNS
-    print(f"fuzz: {sum(tried.values())} cases tried ({tried}); whole runs: {outcomes}")
+    print(f"fuzz: {sum(tried.values())} cases tried ({tried}); whole runs: {outcomes}; refusals: {reasons}")
     assert outcomes["published"] > 0

@@ -37,6 +37,8 @@ def test_mnist_subset_end_to_end(tmp_path):
     assert len(synthetic) == 120 and sorted(set(synthetic["label"])) == list(range(10))
     assert set(synthetic["origin"]) == {"synthetic"} and synthetic[0]["generator"].startswith("cvae-")
 
+    for name in ("README.md", "metrics.json"):  # published where others read it: no local path of this machine
+        assert str(tmp_path) not in (out / name).read_text() and "/tmp/" not in (out / name).read_text()
     lineage = json.loads((out / "lineage.json").read_text())
     rows = lineage["rows"]
     assert rows["rows_in"] == 1500 and rows["rows_out"] + rows["rows_rejected"] == rows["rows_in"]

@@ -37,6 +37,8 @@ def test_a_rerun_after_a_later_failure_reuses_the_stage(tmp_path, capsys):
     with pytest.raises(GateError, match="max_reject_fraction"):  # fails after the stage is written
         run(_spec(tmp_path, "a", max_reject_fraction=0.0))
     assert "reusing the stage" not in capsys.readouterr().out
+    written = json.loads(next((tmp_path / "runs" / "staged").glob("*/lineage.json")).read_text())
+    assert written["failed"].startswith("preprocess.max_reject_fraction") and written["class_names"] == ["0", "1"]
 
     report = run(_spec(tmp_path, "a"))
     assert report.lineage["stage"]["reused"] and "reusing the stage" in capsys.readouterr().out
