@@ -24,8 +24,9 @@ import pyarrow.parquet as pq
 import ray.data
 
 from pipeline import io, ops, plots, publish, sources
+from pipeline.annotate import (PENDING_REVIEW, ImageClassifier, annotate, export_review, needs_classifier,
+                               read_human_labels)
 from pipeline.commit import check_target, commit, is_hub
-from pipeline.annotate import ImageClassifier, annotate, export_review, needs_classifier, read_human_labels
 from pipeline.errors import GateError, SpecError
 from pipeline.evaluate import check_inception_weights
 from pipeline.gates import failed_gates
@@ -64,10 +65,6 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
 def _reject_key(reason: str) -> str:
     """Group reasons by kind: drop the per-row detail in brackets or after ' of '."""
     return reason.split(" (")[0].split(" of ")[0]
-
-
-PENDING_REVIEW = "annotate: sent to review"
-"""Rows waiting for a human label: counted apart from rejects (they come back labelled)."""
 
 
 def account_rejects(spec: Spec, run_id: str, run_dir: str, refs: pa.ChunkedArray, reasons: np.ndarray,

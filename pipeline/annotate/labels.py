@@ -30,6 +30,9 @@ SOURCES = ("given", "rule", "model", "human")
 """`label_source` values: from the label column, from a path/rules labeler, a model
 pseudo-label, or a human review."""
 
+PENDING_REVIEW = "annotate: sent to review"
+"""The reason of a row waiting for a human label: counted apart from rejects (it comes back labelled)."""
+
 
 @dataclass(frozen=True)
 class LabelSet:
@@ -236,7 +239,7 @@ def _pseudo_label(annotation: Annotation, labeler: LabelerSpec, classifier: Clas
     annotation.confidence[unlabelled[sure]] = top[sure]
     annotation.review, annotation.review_guess, annotation.review_confidence = unlabelled[~sure], best[~sure], top[~sure]
     for i, p in zip(unlabelled[~sure], top[~sure]):
-        reasons[i] = f"annotate: sent to review (confidence {p:.2f})"
+        reasons[i] = f"{PENDING_REVIEW} (confidence {p:.2f})"
     annotation.report["pseudo_labels"] = {"unlabelled": len(unlabelled), "labelled": int(sure.sum()),
                                           "to_review": int((~sure).sum()),
                                           "min_confidence": labeler.min_confidence}

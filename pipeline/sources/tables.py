@@ -57,10 +57,10 @@ def _csv_batches(handle, encoding: str, bad: list[str]) -> Iterator[pa.RecordBat
         return "skip"
 
     options = pyarrow.csv.ReadOptions(block_size=1 << 22, encoding=encoding)
-    parse = pyarrow.csv.ParseOptions(invalid_row_handler=invalid)
-    names = pyarrow.csv.open_csv(handle, read_options=options,
-                                 parse_options=pyarrow.csv.ParseOptions(invalid_row_handler=lambda row: "skip")).schema.names
+    header_only = pyarrow.csv.ParseOptions(invalid_row_handler=lambda row: "skip")
+    names = pyarrow.csv.open_csv(handle, read_options=options, parse_options=header_only).schema.names
     handle.seek(0)
+    parse = pyarrow.csv.ParseOptions(invalid_row_handler=invalid)
     convert = pyarrow.csv.ConvertOptions(null_values=CSV_NULLS, strings_can_be_null=True,
                                          column_types={name: pa.string() for name in names})
     yield from pyarrow.csv.open_csv(handle, read_options=options, parse_options=parse, convert_options=convert)
