@@ -51,6 +51,29 @@ def connect(address: str | None = None, temp_dir: str | None = None) -> None:
     _warm_workers(max(LOCAL_MIN_LOGICAL_CPUS, os.cpu_count() or 1))
 
 
+def check_training_resources(workers: int, use_gpu: bool, fixed: bool, log) -> None:
+    """Fail before any work when the training workers cannot all be placed. `fixed`: the Ray
+    runtime cannot grow (an embedded one); a cluster's autoscaler may still add nodes, so
+    there the shortfall is only said."""
+    import ray
+
+    from pipeline.errors import SpecError
+
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
+    problem = None
+    if use_gpu and gpus < workers:
+        problem = (f"synthesize.use_gpu: {workers} GPU worker(s) need {workers} GPU(s), the Ray runtime has {gpus:g}; "
+                   "set synthesize.use_gpu: false, or run on a machine or cluster with GPUs")
+    elif workers > cpus:
+        problem = (f"synthesize.workers: {workers} training workers need {workers} CPUs, the Ray runtime has "
+                   f"{cpus:g}; lower synthesize.workers")
+    if problem and fixed:
+        raise SpecError(problem)
+    if problem:
+        log("run", f"{problem} (waiting for the cluster's autoscaler to add nodes)")
+
+
 def _import_pipeline() -> None:
     import pipeline.stage  # noqa: F401
 

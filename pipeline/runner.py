@@ -220,7 +220,7 @@ def run(spec: Spec, address: str | None = None, fresh: bool = False) -> RunRepor
     """Run every stage of `spec`; publish only when all of them succeed. A complete
     collect + preprocess stage of an earlier run with the same inputs is reused unless
     `fresh`."""
-    from cluster.runtime import configure_data_context, connect
+    from cluster.runtime import check_training_resources, configure_data_context, connect
 
     timings: dict[str, float] = {}
     spec_hash = spec.spec_hash()
@@ -233,6 +233,9 @@ def run(spec: Spec, address: str | None = None, fresh: bool = False) -> RunRepor
     check_target(io.resolve(spec.publish_target(), spec.publish.storage_options), spec.publish.overwrite)
     connect(address)
     configure_data_context()
+    if spec.synthesize.enabled:
+        check_training_resources(spec.synthesize.workers, spec.synthesize.use_gpu,
+                                 fixed=not (address or os.environ.get("RAY_ADDRESS")), log=log)
     log("run", f"{spec.name} run {run_id} → {run_dir}")
     if spec.source.kind == "table":
         from pipeline.tables import run_table

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from typing import Any, Literal
 
@@ -328,7 +329,9 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
             continue
         if not isinstance(node, dict):
             raise SpecError(f"--set {key_path}: '{'.'.join(keys[:depth])}' is not a mapping")
-        node = node.setdefault(key, {})
+        if node.get(key) is None:  # an unset section (e.g. annotate.label_quality): created with its defaults
+            node[key] = {}
+        node = node[key]
     try:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:  # e.g. `>= 0.9` (a gate): not YAML, meant as the text itself
@@ -381,8 +384,32 @@ def build_spec(raw: dict[str, Any], origin: str = "spec", overrides: list[str] =
         raise SpecError(_format_validation_error(origin, err)) from None
 
 
+SPEC_PATHS = (("run_root",), ("source", "path"), ("source", "labels"), ("synthesize", "storage"), ("publish", "to"),
+              ("evaluate", "inception_weights"))
+"""Keys holding paths: relative ones in a local spec file are relative to the file's folder."""
+
+
+def _relative_to_spec(raw: Any, url: str) -> Any:
+    """`raw` with the relative local paths it sets made absolute against the spec's folder
+    (`--set` values are applied later, relative to the current directory)."""
+    if not isinstance(raw, dict) or ("://" in url and not url.startswith("file://")):
+        return raw
+    folder = os.path.dirname(os.path.abspath(url.removeprefix("file://")))
+    for keys in SPEC_PATHS:
+        node = raw
+        for key in keys[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or (keys == ("source", "path") and node.get("format") == "sklearn"):
+            continue
+        value = node.get(keys[-1])
+        if isinstance(value, str) and value and "://" not in value and not os.path.isabs(os.path.expanduser(value)):
+            node[keys[-1]] = os.path.normpath(os.path.join(folder, value))
+    return raw
+
+
 def load_spec(url: str, overrides: list[str] = ()) -> Spec:
-    """Read a YAML spec from any fsspec URL and validate it."""
+    """Read a YAML spec from any fsspec URL and validate it. Relative paths in the file are
+    relative to its folder; relative paths in `overrides` to the current directory."""
     try:
         with fsspec.open(url, "r") as handle:
             raw = yaml.safe_load(handle)
@@ -394,4 +421,4 @@ def load_spec(url: str, overrides: list[str] = ()) -> Spec:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise SpecError(f"{url}:{where} invalid YAML: {getattr(err, 'problem', err)}") from None
-    return build_spec(raw if raw is not None else {}, origin=url, overrides=overrides)
+    return build_spec(_relative_to_spec(raw, url) if raw is not None else {}, origin=url, overrides=overrides)

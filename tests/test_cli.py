@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -47,12 +48,19 @@ def test_wrong_magic_and_count_mismatch(tmp_path, capsys):
     (["validate", "MISSING"], "MISSING: spec file not found"),
     (["run", "SPEC", "--set", "evaluate.inception_weights=/no/such.pth"],
      "evaluate.inception_weights: /no/such.pth is not a local file (weights are never downloaded)"),
+    (["run", "SPEC", "--set", "synthesize.use_gpu=true"],
+     "synthesize.use_gpu: 1 GPU worker(s) need 1 GPU(s), the Ray runtime has 0; set synthesize.use_gpu: false"),
+    (["run", "SPEC", "--set", "synthesize.workers=64"],
+     "synthesize.workers: 64 training workers need 64 CPUs, the Ray runtime has 4; lower synthesize.workers"),
 ])
 def test_spec_errors(tmp_path, capsys, argv, message):
-    spec = _idx_spec(tmp_path, "a.gz", "b.gz")
+    images, labels = blob_images(8)
+    spec = _idx_spec(tmp_path, *write_idx(tmp_path, images, labels))
     argv = [str(spec) if a == "SPEC" else str(tmp_path / "missing.yaml") if a == "MISSING" else a for a in argv]
+    began = time.perf_counter()
     err = _one_line_error(capsys, argv)
     assert message.replace("MISSING", str(tmp_path / "missing.yaml")) in err
+    assert time.perf_counter() - began < 10  # before any work: no wait for resources that never come
 
 
 def test_validate_prints_the_spec_hash(tmp_path, capsys):

@@ -69,3 +69,25 @@ def test_missing_and_invalid_spec_files(tmp_path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(SpecError, match=r"bad.yaml: line \d+ invalid YAML"):
         load_spec(str(bad))
+
+
+def test_relative_paths_in_a_spec_file_are_relative_to_its_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "project"
+    (folder / "data").mkdir(parents=True)
+    spec = folder / "spec.yaml"
+    spec.write_text("name: t\nrun_root: runs\nsource: {format: idx, path: data/i.gz, labels: ../l.gz}\n"
+                    "publish: {to: out}\nsynthesize: {storage: /abs/ckpt}\n")
+    monkeypatch.chdir(tmp_path / "project" / "data")
+    loaded = load_spec(str(spec), ["source.labels=mine/l.gz"])
+    assert loaded.source.path == str(folder / "data" / "i.gz") and loaded.run_root == str(folder / "runs")
+    assert loaded.publish.to == str(folder / "out") and loaded.synthesize.storage == "/abs/ckpt"
+    assert loaded.source.labels == "mine/l.gz"  # --set values stay relative to the current directory
+    assert load_spec(str(spec)).source.labels == str(tmp_path / "l.gz")
+    digits = folder / "digits.yaml"
+    digits.write_text("name: d\nsource: {format: sklearn, path: digits}\n")
+    assert load_spec(str(digits)).source.path == "digits"  # a bundled dataset's name, not a path
+
+
+def test_a_set_into_an_unset_section_creates_it_with_its_defaults():
+    spec = build_spec({"name": "t", "source": {"format": "sklearn"}}, overrides=["annotate.label_quality.action=drop"])
+    assert spec.annotate.label_quality.action == "drop" and spec.annotate.label_quality.folds == 4
