@@ -97,7 +97,7 @@ def test_submit_runs_a_spec_on_two_nodes(two_node_cluster, tmp_path):
     spec["source"].update(path=str(MNIST_IMAGES), labels=str(MNIST_LABELS), limit=600)
     spec["synthesize"].update(epochs=1, samples_per_class=5, workers=2)  # two DDP workers (gloo)
     spec["evaluate"]["classifier_epochs"] = 1
-    spec["publish"]["to"] = str(tmp_path / "out")
+    spec.setdefault("publish", {})["to"] = str(tmp_path / "out")
     spec["run_root"] = str(tmp_path / "runs")
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))

@@ -29,7 +29,7 @@ def _spec_file(tmp_path: Path, **synthesize) -> Path:
     spec["synthesize"].update(epochs=EPOCHS, batch_size=BATCH, samples_per_class=4, **synthesize)
     spec["evaluate"]["enabled"] = False
     spec.update(run_root=str(tmp_path / "runs"))
-    spec["publish"]["to"] = str(tmp_path / "out")
+    spec.setdefault("publish", {})["to"] = str(tmp_path / "out")
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
