@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED = Path(os.environ.get("DATAKILN_SHARED") or ROOT.parent / "shared")
+"""The project's shared folder (real data in `data/`, KubeRay CRD schemas in `schemas/`):
+`../shared` beside the checkout, or wherever DATAKILN_SHARED points."""
+SHARED_DATA = SHARED / "data"
+HAS_SHARED = (SHARED_DATA / "mnist").is_dir() and (SHARED / "schemas" / "kuberay").is_dir()
+needs_shared = pytest.mark.skipif(not HAS_SHARED, reason=f"needs the shared folder ({SHARED}: real data and "
+                                                          "CRD schemas); set DATAKILN_SHARED to where it is")
 MNIST_IMAGES = SHARED_DATA / "mnist" / "t10k-images-idx3-ubyte.gz"
 MNIST_LABELS = SHARED_DATA / "mnist" / "t10k-labels-idx1-ubyte.gz"
 
@@ -38,6 +44,11 @@ def ray_session():
     configure_data_context()
     yield
     ray.shutdown()
+
+
+def pytest_configure(config):
+    if os.environ.get("CI") == "true" and not HAS_SHARED:  # CI has ../shared: there, nothing may be skipped
+        raise pytest.UsageError(f"CI=true but the shared folder {SHARED} is missing (set DATAKILN_SHARED)")
 
 
 def pytest_terminal_summary(terminalreporter):

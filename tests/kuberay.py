@@ -16,7 +16,9 @@ from typing import Any
 import jsonschema
 import yaml
 
-SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "kuberay"
+from tests.conftest import SHARED
+
+SCHEMAS = SHARED / "schemas" / "kuberay"
 _FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml", "RayService": "ray.io_rayservices.yaml"}
 _NAME_LIMITS = {"RayJob": 47, "RayService": 47, "RayCluster": 53}
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")

@@ -14,7 +14,7 @@ from pipeline import build_spec, run
 from pipeline.annotate.labels import confident_learning, path_labels, vote
 from pipeline.cli import main
 from pipeline.spec import LabelerSpec
-from tests.conftest import MNIST_IMAGES, MNIST_LABELS, blob_images, load_published, png_bytes, write_idx
+from tests.conftest import MNIST_IMAGES, MNIST_LABELS, blob_images, load_published, needs_shared, png_bytes, write_idx
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +53,7 @@ def test_rules_vote_and_path_labels():
     assert found.tolist() == ["cats", "dogs", None]
 
 
+@needs_shared
 def test_flipped_mnist_labels_are_found(tmp_path):
     images, labels = _mnist(5000)
     rng = np.random.default_rng(0)
@@ -88,6 +89,7 @@ def _partly_labelled_folder(root, images, labels, labelled: int) -> None:
         (folder / f"{i:05d}.png").write_bytes(png_bytes(image))
 
 
+@needs_shared
 def test_pseudo_labels_above_the_threshold_are_right_and_the_rest_go_to_review(tmp_path):
     images, labels = _mnist(1500)
     _partly_labelled_folder(tmp_path / "digits", images, labels, labelled=500)

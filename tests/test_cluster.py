@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import MNIST_IMAGES, MNIST_LABELS, ROOT, load_published
+from tests.conftest import MNIST_IMAGES, MNIST_LABELS, ROOT, load_published, needs_shared
 
 pytestmark = pytest.mark.integration
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -84,6 +84,7 @@ def two_node_cluster():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@needs_shared
 def test_submit_runs_a_spec_on_two_nodes(two_node_cluster, tmp_path):
     env = two_node_cluster["env"]
     deadline, status = time.monotonic() + 60, ""

@@ -10,11 +10,12 @@ from pipeline import build_spec, load_spec, run
 from pipeline.cli import main
 from pipeline.errors import GateError
 from pipeline.gates import IMAGE_METRICS
-from tests.conftest import MNIST_IMAGES, MNIST_LABELS, ROOT, blob_images, load_published, png_bytes
+from tests.conftest import MNIST_IMAGES, MNIST_LABELS, ROOT, blob_images, load_published, needs_shared, png_bytes
 
 pytestmark = pytest.mark.integration
 
 
+@needs_shared
 def test_mnist_subset_end_to_end(tmp_path):
     spec = load_spec(str(ROOT / "examples" / "mnist.yaml"), [
         f"source.path={MNIST_IMAGES}", f"source.labels={MNIST_LABELS}", "source.limit=1500",

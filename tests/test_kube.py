@@ -13,7 +13,7 @@ import yaml
 from cluster import kube
 from pipeline.errors import DatakilnError
 from pipeline.spec import build_spec, load_spec
-from tests.conftest import ROOT
+from tests.conftest import ROOT, needs_shared
 from tests.kuberay import validate
 from tests.pod_security import check_restricted, violations
 
@@ -63,6 +63,7 @@ def check(docs: list[dict]) -> None:
             build_spec(yaml.safe_load(doc["data"]["spec.yaml"]))  # the mounted spec is a valid datakiln spec
 
 
+@needs_shared
 @pytest.mark.parametrize("folder", ["base", "overlays/cpu", "overlays/gpu"])
 def test_kustomize_builds_validate(folder):
     docs = build(K8S / folder)
@@ -89,6 +90,7 @@ def test_overlays_shape_the_worker_groups():
     assert "synthesize.use_gpu=true" in gpu["RayJob"]["spec"]["entrypoint"]
 
 
+@needs_shared
 @pytest.mark.parametrize("gpus, workers", [(0, (1, 4)), (2, (0, 8))])
 def test_render_validates(gpus, workers):
     spec = load_spec(str(ROOT / "examples" / "mnist.yaml"))
@@ -106,6 +108,7 @@ def test_render_validates(gpus, workers):
     assert list(yaml.safe_load_all(kube.render_yaml(docs))) == docs  # prints as YAML that reads back the same
 
 
+@needs_shared
 def test_render_names_fit_kuberay_limits():
     spec = build_spec({"name": "My_Very.Long-Dataset-Name-That-Goes-On-And-On-Forever-2026",
                        "source": {"format": "sklearn"}})
@@ -114,6 +117,7 @@ def test_render_names_fit_kuberay_limits():
     assert kube.resource_name("2026-data") == "dk-2026-data"
 
 
+@needs_shared
 @pytest.mark.parametrize("path, value, message", [
     (["spec", "rayClusterSpec", "headGroupSpec", "replicaz"], 1, "Additional properties are not allowed ('replicaz'"),
     (["spec", "rayClusterSpec", "workerGroupSpecs", 0, "maxReplicas"], "four", "'four' is not of type 'integer'"),

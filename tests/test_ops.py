@@ -11,7 +11,7 @@ from pipeline.ops.dedup import perceptual_hashes
 from pipeline.ops.registry import build
 from PIL import Image
 
-from tests.conftest import MNIST_IMAGES, png_bytes
+from tests.conftest import MNIST_IMAGES, needs_shared, png_bytes
 
 
 def _decode():
@@ -82,6 +82,7 @@ def test_dedup_keeps_the_first_row_of_each_group():
     assert pairs == [(1, 3, 0), (2, 4, 0)]
 
 
+@needs_shared
 def test_perceptual_hash_is_stable_under_small_changes_and_separates_different_images():
     with gzip.open(MNIST_IMAGES) as handle:
         digits = np.frombuffer(handle.read()[16:16 + 500 * 784], np.uint8).reshape(500, 28, 28, 1)

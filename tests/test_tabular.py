@@ -13,7 +13,7 @@ from pipeline.gates import TABLE_METRICS
 from synth.metrics.tabular import privacy, quality
 from synth.models.table import activate, condition_batch, condition_loss, draw, reconstruction_loss
 from synth.tabular import TableEncoder, infer_kinds
-from tests.conftest import load_published
+from tests.conftest import ROOT, load_published, needs_shared
 
 RNG = np.random.default_rng(0)
 
@@ -183,10 +183,9 @@ def test_table_spec_defaults():
     assert (spec.source.kind, spec.synthesize.model, spec.preprocess.ops) == ("table", "tvae", [])
 
 
+@needs_shared
 def test_the_bank_example_runs_from_any_current_directory(tmp_path, monkeypatch):
     """Its `source.path` is relative to the example's folder, not to where the user stands."""
-    from tests.conftest import ROOT
-
     monkeypatch.chdir(tmp_path)
     assert main(["run", str(ROOT / "examples" / "bank.yaml"), "--set", "source.limit=400",
                  "--set", "synthesize.enabled=false", "--set", "evaluate.gates={}", "--set", "publish.to=here"]) == 0

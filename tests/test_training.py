@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from pipeline import load_spec, run
-from tests.conftest import MNIST_IMAGES, MNIST_LABELS, RAY_TEMP_DIR, ROOT
+from tests.conftest import MNIST_IMAGES, MNIST_LABELS, RAY_TEMP_DIR, ROOT, needs_shared
 from tests.test_cluster import _processes_under
 
 pytestmark = pytest.mark.integration
@@ -66,6 +66,7 @@ def _train_worker_pids() -> list[int]:
     return pids
 
 
+@needs_shared
 def test_a_killed_worker_is_replaced_and_training_resumes(tmp_path):
     spec = load_spec(str(_spec_file(tmp_path, max_failures=1)))
     killed: list[int] = []
@@ -86,6 +87,7 @@ def test_a_killed_worker_is_replaced_and_training_resumes(tmp_path):
     assert training["steps"] == _expected_steps(report.lineage)  # no epoch lost, none repeated
 
 
+@needs_shared
 def test_a_stopped_run_resumes_when_the_same_spec_runs_again(tmp_path):
     path = _spec_file(tmp_path)
     temp = tempfile.mkdtemp(prefix="dkstop-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
