@@ -305,7 +305,8 @@ class Spec(_Section):
 
     def spec_hash(self) -> str:
         """sha256 of the resolved spec (credentials masked, `publish.overwrite` left out): the
-        same spec gives the same hash on any machine, and rotating a credential does not change it."""
+        same spec with the same resolved paths gives the same hash on any machine, and rotating
+        a credential does not change it."""
         raw = self.redacted()
         raw["publish"].pop("overwrite")
         canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"))
