@@ -25,6 +25,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import posixpath
+import re
 import secrets
 import time
 from typing import Any
@@ -72,10 +73,18 @@ def read_marker(loc: Location) -> dict[str, Any] | None:
     return content
 
 
-def _owned(marker: dict[str, Any] | None) -> set[str]:
+_PARTIAL = re.compile(r"^(.*)\.partial-[0-9a-f]{8}$")
+"""What `_write_atomic` leaves when killed between its write and its rename."""
+
+
+def _owned(marker: dict[str, Any] | None, present: list[str] = ()) -> set[str]:
+    """The files datakiln wrote: those the marker lists, and the partial writes of them (or of
+    the marker) that a crash left among `present`."""
     if marker is None:
         return set()
-    return {*marker.get("files", []), *marker.get("pending", []), MARKER}
+    listed = {*marker.get("files", []), *marker.get("pending", []), MARKER}
+    partials = {name for name in present if (m := _PARTIAL.match(name)) and m.group(1) in listed}
+    return listed | partials
 
 
 def _write_marker(loc: Location, files: list[str], pending: list[str], version: str) -> None:
@@ -124,7 +133,7 @@ def recover(target: Location) -> str | None:
     if not _is_local(target) or not target.fs.exists(aside.path):
         return None
     if target.fs.exists(target.path):
-        _remove(aside, _owned(read_marker(aside)))
+        _remove(aside, _owned(read_marker(aside), _files(aside)))
         left = _files(aside)
         return f"removed the previous version left at {aside.url}" + (
             f" (kept {len(left)} files datakiln did not write there)" if left else "")
@@ -136,7 +145,8 @@ def check_target(target: Location, overwrite: bool) -> None:
     """Fail before any work when publishing to `target` would need to remove or replace a
     file datakiln did not write."""
     recover(target)
-    foreign = sorted(set(_files(target)) - _owned(read_marker(target)))
+    present = _files(target)
+    foreign = sorted(set(present) - _owned(read_marker(target), present))
     if foreign and read_marker(target) is None and not overwrite:
         raise TargetError(
             f"publish.to {target.url}: exists and was not written by datakiln ({len(foreign)} files, e.g. "
@@ -203,14 +213,16 @@ def commit(staging: Location, target: Location, overwrite: bool = False) -> None
     """Make the complete dataset in `staging` the one at `target` (see the module's docstring)."""
     check_target(target, overwrite)
     marker = read_marker(target)
-    foreign = set(_files(target)) - _owned(marker)
+    present = _files(target)
+    owned = _owned(marker, present)
+    foreign = set(present) - owned
     staged = [f for f in _files(staging) if f != MARKER]
     if is_hub(target):
         hub_commit(staging, target, staged, marker, foreign)
     elif _is_local(target) and ((marker is not None and not foreign) or not target.fs.exists(target.path)):
         _swap(staging, target, staged)
     else:
-        _replace_in_place(staging, target, staged, marker, foreign)
+        _replace_in_place(staging, target, staged, owned, foreign)
 
 
 def _swap(staging: Location, target: Location, staged: list[str]) -> None:
@@ -233,12 +245,12 @@ def _swap(staging: Location, target: Location, staged: list[str]) -> None:
     recover(target)  # deletes the old version (only the files its marker lists)
 
 
-def _replace_in_place(staging: Location, target: Location, staged: list[str], marker: dict[str, Any] | None,
+def _replace_in_place(staging: Location, target: Location, staged: list[str], owned: set[str],
                       foreign: set[str]) -> None:
     version = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}{secrets.token_hex(3)}"
     names = {f: _versioned(f, version) if posixpath.dirname(f) in SHARD_FOLDERS else f for f in staged}
     _refuse_clashes(list(names.values()), foreign, target)
-    old = _owned(marker) - {MARKER}
+    old = owned - {MARKER}
     new = sorted(names.values())
     _write_marker(target, sorted(old), sorted(old | set(new)), version)  # new names are datakiln's from now on
     fs = target.fs

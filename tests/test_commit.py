@@ -104,6 +104,9 @@ def test_a_datakiln_dataset_is_replaced_whole_and_files_added_to_it_are_kept(tmp
     _finish(str(target), 2)
     assert read_version(io.resolve(str(target))) == 2
     assert len(os.listdir(target / "data")) == 2 + 6 and not (tmp_path / "out.datakiln-old").exists()
+    (target / "README.md.partial-0a1b2c3d").write_text("---")  # what a write killed before its rename leaves
+    _finish(str(target), 2)
+    assert not (target / "README.md.partial-0a1b2c3d").exists() and len(os.listdir(target / "data")) == 2 + 6
     (target / "my-notes.txt").write_text("kept")
     _finish(str(target), 3)
     assert read_version(io.resolve(str(target))) == 3 and (target / "my-notes.txt").read_text() == "kept"
