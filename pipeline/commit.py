@@ -17,17 +17,23 @@ wrote there. Nothing that the marker does not list is ever removed or replaced:
   one commit, based on the revision read before it.
 
 The marker is updated before any new file is written (new names are listed as pending),
-so a crash at any instant leaves every file datakiln wrote known as datakiln's.
+so a crash at any instant leaves every file datakiln wrote known as datakiln's. A lock
+beside the target (`NAME.datakiln-lock`, created exclusively) keeps two publishes from
+replacing one dataset at once: the second fails with one line.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import posixpath
 import re
 import secrets
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import yaml
@@ -38,6 +44,8 @@ from pipeline.io import Location
 
 MARKER = ".datakiln.json"
 ASIDE_SUFFIX = ".datakiln-old"
+LOCK_SUFFIX = ".datakiln-lock"
+STALE_LOCK_S = 24 * 3600
 CARD = "README.md"
 SHARD_FOLDERS = ("data", "synthetic")
 
@@ -127,6 +135,16 @@ def _remove(loc: Location, names: set[str]) -> None:
                 folder = posixpath.dirname(folder)
 
 
+def _remove_empty_folders(root: str) -> None:
+    """Remove the folders under `root` (and `root`) that hold no file; `rmdir` never removes
+    anything else."""
+    for folder, _, _ in sorted(os.walk(root), key=lambda entry: len(entry[0]), reverse=True):
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty
+            pass
+
+
 def recover(target: Location) -> str | None:
     """Finish or roll back a local swap that a crash interrupted; say what was done."""
     aside = _aside(target)
@@ -134,6 +152,7 @@ def recover(target: Location) -> str | None:
         return None
     if target.fs.exists(target.path):
         _remove(aside, _owned(read_marker(aside), _files(aside)))
+        _remove_empty_folders(aside.path)  # also what an earlier recovery, killed midway, left
         left = _files(aside)
         return f"removed the previous version left at {aside.url}" + (
             f" (kept {len(left)} files datakiln did not write there)" if left else "")
@@ -209,8 +228,70 @@ def _refuse_clashes(names: list[str], foreign: set[str], target: Location) -> No
                           "datakiln never replaces a file it did not write: move it away")
 
 
+def _lock(target: Location) -> Location:
+    return Location(target.fs, target.path.rstrip("/") + LOCK_SUFFIX, target.url.rstrip("/") + LOCK_SUFFIX)
+
+
+def _stale(holder: dict[str, Any]) -> bool:
+    """A lock whose publisher is gone: a dead process on this host, or older than a day."""
+    if time.time() - float(holder.get("since", 0)) > STALE_LOCK_S:
+        return True
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
+
+
+@contextmanager
+def publish_lock(target: Location) -> Iterator[None]:
+    """Hold `<target>.datakiln-lock` (an exclusive create: O_EXCL locally, a conditional PUT on
+    object stores) while publishing, so that two runs never replace one dataset at once; a
+    lock left by a publisher that died is taken over."""
+    lock = _lock(target)
+    if _is_local(target):
+        target.fs.makedirs(posixpath.dirname(lock.path), exist_ok=True)
+    mine = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(), "token": secrets.token_hex(8)}
+    for attempt in (1, 2):
+        try:
+            target.fs.pipe_file(lock.path, json.dumps(mine).encode(), mode="create")
+            break
+        except FileExistsError:
+            try:
+                holder = json.loads(target.fs.cat_file(lock.path))
+            except (FileNotFoundError, ValueError):
+                holder = {}
+            if attempt == 1 and _stale(holder):
+                target.fs.rm_file(lock.path)
+                continue
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder.get("since", 0))))
+            raise TargetError(f"publish.to {target.url}: another publish is in progress (pid {holder.get('pid')} on "
+                              f"{holder.get('host')} since {since}); run again when it has ended") from None
+    try:
+        yield
+    finally:
+        try:
+            if json.loads(target.fs.cat_file(lock.path)).get("token") == mine["token"]:
+                target.fs.rm_file(lock.path)
+        except (FileNotFoundError, ValueError):
+            pass
+
+
 def commit(staging: Location, target: Location, overwrite: bool = False) -> None:
-    """Make the complete dataset in `staging` the one at `target` (see the module's docstring)."""
+    """Make the complete dataset in `staging` the one at `target` (see the module's docstring),
+    holding the target's publish lock (the Hub checks its parent commit instead)."""
+    if is_hub(target):
+        _commit(staging, target, overwrite)
+        return
+    with publish_lock(target):
+        _commit(staging, target, overwrite)
+
+
+def _commit(staging: Location, target: Location, overwrite: bool) -> None:
     check_target(target, overwrite)
     marker = read_marker(target)
     present = _files(target)

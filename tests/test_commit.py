@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +17,8 @@ import pytest
 import yaml
 
 from pipeline import io
-from pipeline.commit import MARKER, TargetError, check_target, commit, hub_plan, is_hub, read_marker, recover
+from pipeline.commit import (MARKER, TargetError, check_target, commit, hub_plan, is_hub, publish_lock, read_marker,
+                             recover)
 from tests import publish_child
 from tests.conftest import ROOT, load_published
 
@@ -118,14 +120,17 @@ def _kill_loop(url: str, target: io.Location, options: dict | None, after_kill) 
     after each kill the target holds the previous or the new version, whole."""
     rng = random.Random(0)
     _finish(url, 0, options)
+    child = _publish(url, 0, options)  # the time a commit takes, to spread the kills over it
+    assert child.stdout.readline().strip() == "committing"
     began = time.perf_counter()
-    _finish(url, 0, options)  # the time of a whole publish, to spread the kills over it
+    assert child.stdout.readline().strip() == "done"
     span = time.perf_counter() - began
+    child.wait()
     current, outcomes = 0, []
     for version in range(1, KILLS + 1):
         child = _publish(url, version, options)
         assert child.stdout.readline().strip() == "committing"
-        time.sleep(rng.uniform(0, span / 3))
+        time.sleep(rng.uniform(0, span * 1.5))  # mostly inside the commit, some after it
         child.kill()
         child.wait()
         after_kill(target)
@@ -232,3 +237,22 @@ def test_a_hub_publish_is_one_commit_that_touches_only_datakilns_files(tmp_path)
     assert deletes == ["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet", "near_duplicates.png"]
     with pytest.raises(TargetError, match="README.md exists and was not written by datakiln"):
         hub_plan(["README.md"], None, {"README.md", ".gitattributes"}, target)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_publish_while_another_holds_the_target_fails_and_a_dead_ones_lock_is_taken_over(tmp_path, bucket, where):
+    url = str(tmp_path / "out") if where == "local" else "s3://crash-tests/locked"
+    options = None if where == "local" else bucket
+    target = io.resolve(url, options)
+    _finish(url, 1, options)
+    with publish_lock(target):
+        child = _publish(url, 2, options)
+        _, err = child.communicate(timeout=120)
+        assert child.returncode != 0 and "another publish is in progress (pid" in err
+        assert read_version(target) == 1  # untouched
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock = target.path + ".datakiln-lock"
+    target.fs.pipe_file(lock, json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout),
+                                          "since": time.time()}).encode())
+    _finish(url, 3, options)  # the dead publisher's lock is taken over
+    assert read_version(target) == 3 and not target.fs.exists(lock)
