@@ -32,7 +32,7 @@ def connect(address: str | None = None, temp_dir: str | None = None) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     memory = _available_memory()
     ray.init(
-        num_cpus=max(LOCAL_MIN_LOGICAL_CPUS, os.cpu_count() or 1),
+        num_cpus=embedded_resources()["CPU"],
         object_store_memory=int(min(max(memory * 0.25, 512 * 2**20), 8 * 2**30)) if memory else None,
         include_dashboard=True,  # Ray Train's placement-group cleaner needs the state API
         dashboard_host="127.0.0.1",
@@ -48,18 +48,26 @@ def connect(address: str | None = None, temp_dir: str | None = None) -> None:
     from ray.util.debug import log_once
 
     log_once("cpu_warning")
-    _warm_workers(max(LOCAL_MIN_LOGICAL_CPUS, os.cpu_count() or 1))
+    _warm_workers(embedded_resources()["CPU"])
+
+
+def embedded_resources() -> dict[str, int]:
+    """What `connect` gives an embedded runtime: logical CPUs, and the GPUs torch can see."""
+    import torch
+
+    return {"CPU": max(LOCAL_MIN_LOGICAL_CPUS, os.cpu_count() or 1), "GPU": torch.cuda.device_count()}
 
 
 def check_training_resources(workers: int, use_gpu: bool, fixed: bool, log) -> None:
-    """Fail before any work when the training workers cannot all be placed. `fixed`: the Ray
-    runtime cannot grow (an embedded one); a cluster's autoscaler may still add nodes, so
-    there the shortfall is only said."""
+    """Fail before any work when the training workers cannot all be placed: against the
+    running Ray, or (before an embedded one starts, so the answer takes no Ray start-up)
+    against what it will have. `fixed`: the Ray runtime cannot grow (an embedded one); a
+    cluster's autoscaler may still add nodes, so there the shortfall is only said."""
     import ray
 
     from pipeline.errors import SpecError
 
-    total = ray.cluster_resources()
+    total = ray.cluster_resources() if ray.is_initialized() else embedded_resources()
     cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
     problem = None
     if use_gpu and gpus < workers:

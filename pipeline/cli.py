@@ -7,7 +7,6 @@ stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import traceback
 from importlib import resources
@@ -33,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="recompute collect + preprocess even when an earlier run left a complete stage")
     run.add_argument("--overwrite", action="store_true",
                      help="publish into a folder holding files datakiln did not write (they are kept)")
+    _console_options(run)
 
     validate = commands.add_parser("validate", help="check a spec without running anything")
     validate.add_argument("spec")
@@ -84,27 +84,19 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the whole flow on scikit-learn's bundled digits")
     demo.add_argument("--out", default="./out/digits-demo", help="where to publish (any fsspec URL)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    _console_options(demo)
     return parser
+
+
+def _console_options(command: argparse.ArgumentParser) -> None:
+    shown = command.add_mutually_exclusive_group()
+    shown.add_argument("--verbose", action="store_true",
+                       help="also show what Ray and the libraries print (always kept in <run_dir>/logs/ray.log)")
+    shown.add_argument("--quiet", action="store_true", help="print only errors and the closing summary")
 
 
 def _demo_spec_path() -> str:
     return str(resources.files("pipeline").joinpath("demo.yaml"))
-
-
-def _print_result(report) -> None:
-    print(f"\nDataset published at {report.target}")
-    for key in ("tstr_accuracy", "trtr_accuracy", "tstr_ratio"):
-        if key in report.metrics:
-            print(f"  {key}: {report.metrics[key]:.4f}")
-    print("Read it with:")
-    if "://" in report.target and not report.target.startswith("file://"):
-        files = {s: f"{report.target}/data/{s}-*.parquet" for s in report.lineage["rows"]["splits"]}
-        print(f"  datasets.load_dataset('parquet', data_files={files}, storage_options=...)")
-        return
-    location = os.path.abspath(report.target)
-    print(f"  python -c \"import datasets; print(datasets.load_dataset('{location}'))\"")
-    if report.lineage["rows"]["synthetic"]:
-        print(f"  python -c \"import datasets; print(datasets.load_dataset('{location}', 'synthetic'))\"")
 
 
 def _synthesizes(args: argparse.Namespace) -> bool:
@@ -161,13 +153,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         import torch  # noqa: F401
     from pipeline.runner import run
 
+    from pipeline.console import CONSOLE, NORMAL, QUIET, VERBOSE
+
     if args.command == "demo":
         spec = load_spec(_demo_spec_path(), [f"publish.to={args.out}", *args.overrides])
         address, fresh = None, False
     else:
         spec = load_spec(args.spec, args.overrides + ["publish.overwrite=true"] * args.overwrite)
         address, fresh = args.address, args.fresh
-    _print_result(run(spec, address=address, fresh=fresh))
+    CONSOLE.configure(VERBOSE if args.verbose else QUIET if args.quiet else NORMAL, capture=True)
+    try:
+        run(spec, address=address, fresh=fresh)  # ends with the summary
+    finally:
+        CONSOLE.configure()  # a caller in the same process (a test) gets the plain console back
     return 0
 
 

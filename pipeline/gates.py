@@ -45,6 +45,12 @@ def validate_gates(gates: dict[str, str]) -> dict[str, str]:
     return gates
 
 
+def applicable_gates(gates: dict[str, str], synthesizes: bool) -> dict[str, str]:
+    """The gates a run is held to: without synthesis there is no synthetic data to judge, so
+    only the label gates apply (with synthesis every gate does, evaluated or not)."""
+    return gates if synthesizes else {name: condition for name, condition in gates.items() if name in LABEL_METRICS}
+
+
 def failed_gates(gates: dict[str, str], metrics: dict[str, Any]) -> list[str]:
     """One line per failed gate: `name = value (needs OP LIMIT)`."""
     failures = []

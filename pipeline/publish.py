@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +72,8 @@ def encode_png(image: np.ndarray) -> bytes:
 def _write_shard(batch: dict[str, np.ndarray], folder: dkio.Location, split: str, schema: pa.Schema) -> dict[str, np.ndarray]:
     count = len(batch["label"])
     if count == 0:
-        return {"file": np.array([], dtype=object), "rows": np.array([], dtype=np.int64)}
+        return {"file": np.array([], dtype=object), "rows": np.array([], dtype=np.int64),
+                "bytes": np.array([], dtype=np.int64)}
     first_key = str(batch["source_ref"][0])
     strings = ("label_source", "origin", "source_ref", "generator")
     columns = {
@@ -86,13 +88,35 @@ def _write_shard(batch: dict[str, np.ndarray], folder: dkio.Location, split: str
     target = folder.join(name)
     with folder.fs.open(target.path, "wb") as handle:
         pq.write_table(table, handle, row_group_size=1000)
-    return {"file": np.array([target.path], dtype=object), "rows": np.array([count], dtype=np.int64)}
+        size = handle.tell()
+    return {"file": np.array([target.path], dtype=object), "rows": np.array([count], dtype=np.int64),
+            "bytes": np.array([size], dtype=np.int64)}
+
+
+class ShardProgress:
+    """Counts the shards and bytes written, for a `pipeline.console.Progress` in shards."""
+
+    def __init__(self, progress) -> None:
+        self.progress, self.shards, self.bytes = progress, 0, 0
+
+    def add(self, rows: int, size: int) -> None:
+        self.shards += 1
+        self.bytes += size
+        self.progress.update(self.shards, written=_size(self.bytes))
+
+    def close(self) -> None:
+        self.progress.close(f"{self.shards} shards, {_size(self.bytes)}")
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**20:.1f} MiB" if count >= 2**20 else f"{count / 2**10:.0f} KiB"
 
 
 def write_split(dataset: ray.data.Dataset, folder: dkio.Location, split: str, schema: pa.Schema,
-                rows_per_shard: int) -> int:
+                rows_per_shard: int, on_shard: Callable[[int, int], None] = lambda rows, size: None) -> int:
     """Write one split as ordered shards `{split}-NNNNN-of-NNNNN.parquet` of `rows_per_shard`
-    rows (the last may hold fewer); return its row count.
+    rows (the last may hold fewer); return its row count. `on_shard(rows, bytes)` as each
+    shard is written.
 
     Needs an order-preserving execution (`cluster.runtime.configure_data_context` sets it): rows
     keep the source order, so the same input gives byte-identical shards. One streaming pass:
@@ -102,7 +126,11 @@ def write_split(dataset: ray.data.Dataset, folder: dkio.Location, split: str, sc
     written = dataset.repartition(target_num_rows_per_block=rows_per_shard, strict=True).map_batches(
         _write_shard, fn_kwargs={"folder": folder, "split": split, "schema": schema}, batch_size=None,
         batch_format="numpy")
-    parts = [p for p in written.take_all() if int(p["rows"])]  # one small row per shard, in dataset order
+    parts = []
+    for part in written.iter_rows():  # one small row per shard, in dataset order
+        if int(part["rows"]):
+            parts.append(part)
+            on_shard(int(part["rows"]), int(part["bytes"]))
     for index, part in enumerate(parts):
         folder.fs.mv(part["file"], folder.join(f"{split}-{index:05d}-of-{len(parts):05d}.parquet").path)
     return sum(int(p["rows"]) for p in parts)

@@ -27,13 +27,15 @@ from pipeline import io, ops, plots, publish, sources
 from pipeline.annotate import (PENDING_REVIEW, ImageClassifier, annotate, export_review, needs_classifier,
                                read_human_labels)
 from pipeline.commit import check_target, commit, is_hub
+from pipeline.console import CONSOLE, detail, log
 from pipeline.errors import GateError, SpecError
 from pipeline.evaluate import check_inception_weights
-from pipeline.gates import failed_gates
+from pipeline.gates import applicable_gates, failed_gates
 from pipeline.ops.base import REJECT_REASON
 from pipeline.redact import redact_text
 from pipeline.spec import Spec
 from pipeline.split import in_test_split
+from pipeline.summary import summary_lines
 from pipeline.stage import SPLIT_CODES, op_entries, build_stage, stage_folder, stage_key
 
 SAMPLES_SHOWN = 6
@@ -50,16 +52,12 @@ class RunReport:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def log(stage: str, message: str) -> None:
-    print(redact_text(f"[{stage}] {message}"), flush=True)
-
-
 @contextmanager
 def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     began = time.perf_counter()
     yield
     timings[stage] = round(time.perf_counter() - began, 3)
-    log(stage, f"done in {timings[stage]:.1f}s")
+    detail(stage, f"done in {timings[stage]:.1f}s")
 
 
 def _reject_key(reason: str) -> str:
@@ -86,7 +84,7 @@ def account_rejects(spec: Spec, run_id: str, run_dir: str, refs: pa.ChunkedArray
         os.makedirs(folder)
         pq.write_table(pa.table({"source_ref": refs.take(pa.array(rejected)), "reason": list(reasons[rejected]),
                                  "reason_key": kinds}), os.path.join(folder, "rejects.parquet"))
-    log("preprocess", f"rows in {rows_in}, rejected {len(rejected)} {by_reason or ''}"
+    detail("preprocess", f"rows in {rows_in}, rejected {len(rejected)} {by_reason or ''}"
         + (f", pending review {pending}" if pending else ""))
     limit = spec.preprocess.max_reject_fraction
     if rows_in and len(rejected) / rows_in > limit:
@@ -157,14 +155,41 @@ def train_generator(spec: Spec, run_id: str, run_dir: str, data: ray.data.Datase
     config, storage, run_name = train_config(spec, run_id, run_dir, data.count())
     log("train", f"{syn.model} on {what}, {syn.workers} worker(s), {'GPU' if syn.use_gpu else 'CPU'}, "
         f"global batch {config.batch_size * syn.workers}, {config.epochs} epochs")
+    rows = data.count()
+    unit = "images" if schema.__class__.__name__ == "ImageSchema" else "rows"
+    progress = CONSOLE.progress("train", config.epochs * rows, unit)
     trained = fit(data, schema, config, workers=syn.workers,
                   use_gpu=syn.use_gpu, storage_path=storage, run_name=run_name, max_failures=syn.max_failures,
-                  model_dir=os.path.join(run_dir, "model"), keep_checkpoints=syn.keep_checkpoints)
+                  model_dir=os.path.join(run_dir, "model"), keep_checkpoints=syn.keep_checkpoints,
+                  on_progress=lambda state: _show_training(progress, state, config, rows, syn.workers))
+    progress.close(f"{config.epochs} epochs, {trained.steps:,} steps"
+                   + "".join(f" · {k} {v:.4g}" for k, v in _losses(trained.history).items()))
     weights = io.resolve(os.path.join(trained.model_dir, "model.safetensors"))
     weights_sha = io.sha256_file(weights)
     return trained, {"uri": weights.url, "sha256": weights_sha, "train_checkpoint": trained.checkpoint_path,
                      "generator_id": f"{syn.model}-{weights_sha[:12]}", "epochs": config.epochs,
                      "steps": trained.steps, "attempts": trained.attempts, "restarts": len(trained.attempts) - 1}
+
+
+def _losses(history: list[dict[str, float]]) -> dict[str, float]:
+    """The last epoch's losses (what a person compares between runs)."""
+    last = history[-1] if history else {}
+    return {k: v for k, v in last.items() if k not in ("epoch", "step", "rows_per_s")}
+
+
+def _show_training(progress, state: dict[str, Any], config, rows: int, workers: int) -> None:
+    """Rank 0's latest report (through `synth.progress`) as the train progress display."""
+    for message in state["messages"]:
+        log("train", message)
+    fields = state["fields"]
+    if not fields:
+        return
+    steps_per_epoch = -(-rows // (config.batch_size * workers))
+    epochs_done = fields["epochs_done"]
+    progress.update(epochs_done * rows + fields["rows_into_epoch"],
+                    epoch=f"{min(epochs_done + 1, config.epochs)}/{config.epochs}",
+                    step=f"{fields['step']:,}/{config.epochs * steps_per_epoch:,}",
+                    **{name: value for name, value in list(fields["losses"].items())[:3]})
 
 
 def base_lineage(spec: Spec, run_id: str, spec_hash: str, code_version: dict[str, Any], inputs: list[dict[str, Any]],
@@ -197,10 +222,13 @@ def finish(spec: Spec, staging: io.Location, target: io.Location, card: str, met
     publish.write_json(staging.join("lineage.json"), lineage)
     commit(staging, target, overwrite=spec.publish.overwrite)
     publish.write_json(io.resolve(os.path.join(lineage["run_dir"], "lineage.json")), lineage)
+    kind = "table" if spec.source.kind == "table" else "image"
+    gates = applicable_gates(spec.evaluate.gates, spec.synthesize.enabled)
+    CONSOLE.print("")
+    for line in summary_lines(kind, lineage, metrics, gates, target.url, failures, CONSOLE.elapsed()):
+        CONSOLE.print(line, always=True)
     if failures:
         raise GateError(f"evaluate.gates failed: {'; '.join(failures)}; nothing published, candidate at {target.url}")
-    rows = lineage["rows"]
-    log("publish", f"{rows['rows_out']} real rows ({rows['splits']}) + {rows['synthetic']} synthetic → {target.url}")
     return RunReport(target=target.url, run_dir=lineage["run_dir"], metrics=metrics, lineage=lineage, timings=timings)
 
 
@@ -220,22 +248,31 @@ def run(spec: Spec, address: str | None = None, fresh: bool = False) -> RunRepor
     """Run every stage of `spec`; publish only when all of them succeed. A complete
     collect + preprocess stage of an earlier run with the same inputs is reused unless
     `fresh`."""
-    from cluster.runtime import check_training_resources, configure_data_context, connect
-
-    timings: dict[str, float] = {}
     spec_hash = spec.spec_hash()
     # Same spec + same datakiln release → same run dir (reruns resume its checkpoints).
     code_version = _code_version()
     run_id = hashlib.sha256(f"{spec_hash}:{code_version['datakiln']}".encode()).hexdigest()[:12]
     run_dir = os.path.abspath(os.path.join(spec.run_root, spec.name, run_id))
     os.makedirs(run_dir, exist_ok=True)
+    with CONSOLE.run_logs(run_dir):
+        return _run(spec, address, fresh, spec_hash, code_version, run_id, run_dir)
+
+
+def _run(spec: Spec, address: str | None, fresh: bool, spec_hash: str, code_version: dict[str, Any], run_id: str,
+         run_dir: str) -> RunReport:
+    from cluster.runtime import check_training_resources, configure_data_context, connect
+
+    timings: dict[str, float] = {}
     inception_sha256 = check_inception_weights(spec.evaluate.inception_weights)
     check_target(io.resolve(spec.publish_target(), spec.publish.storage_options), spec.publish.overwrite)
+    fixed = not (address or os.environ.get("RAY_ADDRESS"))  # an embedded runtime: its resources are known now
+    if spec.synthesize.enabled and fixed:
+        check_training_resources(spec.synthesize.workers, spec.synthesize.use_gpu, fixed=True, log=log)
     connect(address)
+    CONSOLE.ray_connected()
     configure_data_context()
-    if spec.synthesize.enabled:
-        check_training_resources(spec.synthesize.workers, spec.synthesize.use_gpu,
-                                 fixed=not (address or os.environ.get("RAY_ADDRESS")), log=log)
+    if spec.synthesize.enabled and not fixed:
+        check_training_resources(spec.synthesize.workers, spec.synthesize.use_gpu, fixed=False, log=log)
     log("run", f"{spec.name} run {run_id} → {run_dir}")
     if spec.source.kind == "table":
         from pipeline.tables import run_table
@@ -244,19 +281,23 @@ def run(spec: Spec, address: str | None = None, fresh: bool = False) -> RunRepor
 
     with _timed(timings, "collect"):
         collected = sources.read(spec.source)
+        files = sum(f.get("files", 0) for f in collected.fingerprints)
+        counts = ([f"{files:,} files"] if files else []) + (
+            [f"{collected.rows:,} rows"] if collected.rows is not None and collected.rows != files else [])
+        log("collect", f"{spec.source.path or spec.source.format}: {', '.join(counts) or 'opened'}")
 
     with _timed(timings, "preprocess"):
         key = stage_key(spec, collected.fingerprints, code_version)
         folder = stage_folder(spec, key)
         if fresh and folder.fs.exists(folder.path):
             folder.fs.rm(folder.path, recursive=True)
-        stage = build_stage(spec, collected, folder, key, log)
+        stage = build_stage(spec, collected, folder, key)
         reasons = np.array(stage.keys[REJECT_REASON].to_pylist(), dtype=object)
         _, dataset_ops = ops.split_ops(op_entries(spec))
         duplicates = {op.name: op.decide(stage.keys, reasons) for op in dataset_ops}
         resolved_ops = stage.resolved_ops + [{"op": op.name, **op.params.model_dump()} for op in dataset_ops]
         shape = stage.shape
-        log("preprocess", f"images {shape.height}x{shape.width}x{shape.channels}; ops: "
+        detail("preprocess", f"images {shape.height}x{shape.width}x{shape.channels}; ops: "
             + ", ".join(e["op"] for e in resolved_ops)
             + "".join(f"; {name}: {len(pairs)} marked" for name, pairs in duplicates.items()))
 
@@ -293,6 +334,7 @@ def run(spec: Spec, address: str | None = None, fresh: bool = False) -> RunRepor
     synthetic = evaluation = trained = None
     if spec.synthesize.enabled:
         from synth.models.base import ImageSchema
+        from synth.progress import watch
         from synth.sample import sample
 
         syn = spec.synthesize
@@ -303,34 +345,42 @@ def run(spec: Spec, address: str | None = None, fresh: bool = False) -> RunRepor
                                                           f"{split_rows['train']} images")
             generator_id = lineage_checkpoint["generator_id"]
         with _timed(timings, "sample"):
-            synthetic = sample(trained.model_dir, num_classes, syn.samples_per_class, spec.seed, generator_id,
-                               syn.sampler_actors).materialize()
-            log("sample", f"{synthetic.count()} images from {generator_id}")
+            progress = CONSOLE.progress("sample", num_classes * syn.samples_per_class, "images")
+            with watch(lambda state: progress.update(state["done"])) as board:
+                synthetic = sample(trained.model_dir, num_classes, syn.samples_per_class, spec.seed, generator_id,
+                                   syn.sampler_actors, board=board).materialize()
+            progress.close(f"{synthetic.count():,} images from {generator_id}")
         if spec.evaluate.enabled:
             from synth.metrics import evaluate_images, pixels
 
             with _timed(timings, "evaluate"):
+                progress = CONSOLE.progress("evaluate", None, "")
                 evaluation = evaluate_images(pixels(train), pixels(test), pixels(synthetic),
                                              num_classes, spec.evaluate.classifier_epochs, spec.seed,
                                              k=spec.evaluate.k, copy_fraction=spec.evaluate.copy_fraction,
-                                             inception_weights=spec.evaluate.inception_weights)
+                                             inception_weights=spec.evaluate.inception_weights,
+                                             step=lambda name: progress.update(progress.done + 1, computing=name))
                 metrics.update(evaluation.metrics)
                 lineage_checkpoint["feature_extractor_sha256"] = evaluation.extractor_sha256
                 if inception_sha256:
                     lineage_checkpoint["inception_weights_sha256"] = inception_sha256
-                log("evaluate", ", ".join(f"{key} {metrics[key]:.4g}" for key in (
-                    "tstr_accuracy", "trtr_accuracy", "tstr_ratio", "fid_domain", "fid_domain_floor", "precision",
-                    "recall", "nn_copy_fraction")))
+                progress.close(", ".join(f"{key} {metrics[key]:.4g}" for key in (
+                    "tstr_ratio", "fid_domain", "precision", "recall", "nn_copy_fraction")))
 
-    failures = failed_gates(spec.evaluate.gates, metrics)
+    failures = failed_gates(applicable_gates(spec.evaluate.gates, spec.synthesize.enabled), metrics)
     target, staging = publish_locations(spec, run_dir, run_id, bool(failures))
     with _timed(timings, "publish"):
         schema_arrow = publish.image_schema(class_names, label_quality=annotation.issue is not None)
-        published = stage.publish(codes, annotation, staging.join("data"), schema_arrow, spec.publish.rows_per_shard)
+        shards = stage.shard_groups(spec.publish.rows_per_shard) + (
+            -(-synthetic.count() // spec.publish.rows_per_shard) if synthetic is not None else 0)
+        progress = publish.ShardProgress(CONSOLE.progress("publish", shards, "shards"))
+        published = stage.publish(codes, annotation, staging.join("data"), schema_arrow, spec.publish.rows_per_shard,
+                                  on_shard=progress.add)
         synthetic_rows = 0
         if synthetic is not None:
             synthetic_rows = publish.write_split(synthetic, staging.join("synthetic"), "train", schema_arrow,
-                                                 spec.publish.rows_per_shard)
+                                                 spec.publish.rows_per_shard, on_shard=progress.add)
+        progress.close()
     lineage = {
         **base_lineage(spec, run_id, spec_hash, code_version, collected.fingerprints, lineage_checkpoint, timings,
                        rows_in, rejected_by_reason, pending_review, published, synthetic_rows),

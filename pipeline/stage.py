@@ -20,17 +20,19 @@ import io as pyio
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import ray.data
 
 from pipeline import io, ops
+from pipeline.console import CONSOLE, log
 from pipeline.errors import SourceError
 from pipeline.ops.base import REJECT_REASON
 from pipeline.ops.dedup import perceptual_hashes
@@ -63,11 +65,16 @@ class Stage:
             fn_kwargs={"folder": self.folder, "codes": codes, "labels": labels, "want": SPLIT_CODES[split],
                        "shape": (self.shape.height, self.shape.width, self.shape.channels)})
 
+    def shard_groups(self, rows_per_shard: int) -> int:
+        """How many tasks `publish` runs (each writes at most one shard per split)."""
+        return max(1, -(-sum(p["rows"] for p in self.parts) // rows_per_shard))
+
     def publish(self, codes: np.ndarray, annotation, folder: io.Location, schema: pa.Schema,
-                rows_per_shard: int) -> dict[str, int]:
+                rows_per_shard: int, on_shard: Callable[[int, int], None] = lambda rows, size: None) -> dict[str, int]:
         """Write the curated rows of every split as HF shards `{split}-NNNNN-of-NNNNN.parquet`
         in one pass: each task reads `rows_per_shard` consecutive rows, encodes the kept
-        images to PNG once and writes at most one shard per split. Returns rows per split."""
+        images to PNG once and writes at most one shard per split; `on_shard(rows, bytes)`
+        as each task's shards arrive. Returns rows per split."""
         groups: list[list[tuple[str, int, int, int]]] = [[]]  # (file, offset of the part, first row, end row)
         offset = room = 0
         for part in self.parts:
@@ -84,10 +91,14 @@ class Stage:
         groups = [g for g in groups if g]
         folder.fs.makedirs(folder.path, exist_ok=True)
         items = [{"group": i, "parts": json.dumps(g)} for i, g in enumerate(groups)]
-        written = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        written_shards = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             _publish_group, batch_size=1, batch_format="numpy",
             fn_kwargs={"stage": self.folder, "out": folder, "codes": codes, "columns": _annotation_columns(annotation),
-                       "schema": schema, "shape": (self.shape.height, self.shape.width, self.shape.channels)}).take_all()
+                       "schema": schema, "shape": (self.shape.height, self.shape.width, self.shape.channels)})
+        written = []
+        for shard in written_shards.iter_rows():
+            written.append(shard)
+            on_shard(int(shard["rows"]), int(shard["bytes"]))
         rows = {}
         for split in SPLIT_CODES:
             shards = [w for w in written if w["split"] == split]  # in group order
@@ -137,7 +148,7 @@ def _key_columns(spec: Spec) -> set[str]:
     return {ops.build(e).key_column for e in op_entries(spec) if isinstance(ops.build(e), ops.DatasetOp)}
 
 
-def build_stage(spec: Spec, collected: Collected, folder: io.Location, key: str, log) -> Stage:
+def build_stage(spec: Spec, collected: Collected, folder: io.Location, key: str) -> Stage:
     """Reuse the stage at `folder` when complete, else run the row pass and write it."""
     manifest = folder.join("stage.json")
     if folder.fs.exists(manifest.path):
@@ -164,11 +175,16 @@ def build_stage(spec: Spec, collected: Collected, folder: io.Location, key: str,
         fn_kwargs={"fused": fused, "folder": folder, "label_column": spec.annotate.label_column,
                    "perceptual": "phash" in _key_columns(spec)})
     parts, tables = [], []
+    progress = CONSOLE.progress("preprocess", collected.rows, "rows")
+    rejected = 0
     for block in blocks.iter_rows():  # one small row per block, in order; parsed as it arrives
         if int(block["rows"]):
             parts.append({"file": str(block["file"]), "rows": int(block["rows"])})
             tables.append(pa.ipc.open_stream(block["keys"]).read_all())
+            rejected += int(pc.sum(pc.not_equal(tables[-1][REJECT_REASON], "")).as_py() or 0)
+            progress.update(progress.done + int(block["rows"]), rejected=f"{rejected:,}")
     keys = pa.concat_tables(tables, promote_options="permissive")
+    progress.close(f"{keys.num_rows:,} rows staged, {rejected:,} rejected by the row operators")
     with folder.fs.open(folder.join("keys.parquet").path, "wb") as handle:
         pq.write_table(keys, handle)
     resolved_ops = [{"op": op.name, **op.params.model_dump()} for op in row_ops]
@@ -267,7 +283,7 @@ def _publish_group(batch: dict[str, np.ndarray], stage: io.Location, out: io.Loc
                 "origin": pa.array(["real"] * count, pa.string()),
                 "source_ref": part["source_ref"].take(pa.array(rows, pa.int64())),
                 "generator": pa.nulls(count, pa.string())}).select(schema.names).cast(schema))
-    files, counts, splits = [], [], []
+    files, counts, splits, sizes = [], [], [], []
     group = int(batch["group"][0])
     for split, parts in tables.items():
         table = pa.concat_tables(parts)
@@ -276,11 +292,12 @@ def _publish_group(batch: dict[str, np.ndarray], stage: io.Location, out: io.Loc
         target = out.join(f"part-{split}-{group:06d}.parquet")
         with out.fs.open(target.path, "wb") as handle:
             pq.write_table(table, handle, row_group_size=1000)
+            sizes.append(handle.tell())
         files.append(target.path)
         counts.append(table.num_rows)
         splits.append(split)
     return {"split": np.array(splits, dtype=object), "file": np.array(files, dtype=object),
-            "rows": np.array(counts, dtype=np.int64)}
+            "rows": np.array(counts, dtype=np.int64), "bytes": np.array(sizes, dtype=np.int64)}
 
 
 def _read_part(batch: dict[str, np.ndarray], folder: io.Location, codes: np.ndarray, labels: np.ndarray,

@@ -23,8 +23,9 @@ import ray.data
 
 from pipeline import io, plots, sources
 from pipeline.annotate import TableClassifier, annotate, export_review, needs_classifier, read_human_labels
+from pipeline.console import CONSOLE, detail, log
 from pipeline.errors import SourceError, SpecError
-from pipeline.gates import failed_gates
+from pipeline.gates import applicable_gates, failed_gates
 from pipeline.ops import registry
 from pipeline.ops.base import REJECT_REASON
 from pipeline.publish import card_lineage
@@ -182,14 +183,16 @@ def _modelable(table: pa.Table, spec: Spec) -> pa.Table:
 
 def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_version: dict[str, Any],
               timings: dict[str, float], fresh: bool = False):
-    from pipeline.runner import (_put_plot, _timed, account_rejects, base_lineage, finish, log, publish_locations,
+    from pipeline.runner import (_put_plot, _timed, account_rejects, base_lineage, finish, publish_locations,
                                  train_generator)
 
     target_name = spec.annotate.label_column
     with _timed(timings, "collect"):
         collected = sources.read(spec.source)
         kinds, types = infer_types(spec, collected.dataset)
-        log("collect", "columns: " + ", ".join(f"{n} ({k})" for n, k in kinds.items()))
+        log("collect", f"{spec.source.path}: {len(kinds)} columns ("
+            + ", ".join(f"{k} {list(kinds.values()).count(k)}" for k in dict.fromkeys(kinds.values())) + ")")
+        detail("collect", "columns: " + ", ".join(f"{n} ({k})" for n, k in kinds.items()))
 
     with _timed(timings, "preprocess"):
         key = hashlib.sha256(json.dumps({"source": spec.source.model_dump(mode="json", exclude={"storage_options"}),
@@ -234,6 +237,7 @@ def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_versio
     lineage_checkpoint = trained = synthetic = None
     if spec.synthesize.enabled:
         from synth.models.table import TableSchema
+        from synth.progress import watch
         from synth.sample import sample_table
         from synth.tabular import TableEncoder
 
@@ -249,10 +253,12 @@ def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_versio
             generator_id = lineage_checkpoint["generator_id"]
         with _timed(timings, "sample"):
             plan = condition_plan(spec, encoder, frames["train"], target_name)
-            synthetic = _concat(sample_table(trained.model_dir, plan, spec.seed, generator_id,
-                                             syn.sampler_actors).to_arrow_refs(), frames["train"].schema)
-            log("sample", f"{synthetic.num_rows} rows from {generator_id}: " +
-                ", ".join(f"{c}={v}: {n}" for c, v, n in plan))
+            progress = CONSOLE.progress("sample", sum(n for _, _, n in plan), "rows")
+            with watch(lambda state: progress.update(state["done"])) as board:
+                synthetic = _concat(sample_table(trained.model_dir, plan, spec.seed, generator_id,
+                                                 syn.sampler_actors, board=board).to_arrow_refs(), frames["train"].schema)
+            progress.close(f"{synthetic.num_rows:,} rows from {generator_id}: "
+                           + ", ".join(f"{c}={v}: {n}" for c, v, n in plan))
         if spec.evaluate.enabled:
             from synth.metrics.tabular import evaluate_table
 
@@ -262,7 +268,7 @@ def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_versio
                 log("evaluate", ", ".join(f"{key} {metrics[key]:.4g}" for key in (
                     "quality_score", "detection_auc", "tstr_f1", "trtr_f1", "tstr_ratio", "exact_copies")))
 
-    failures = failed_gates(spec.evaluate.gates, metrics)
+    failures = failed_gates(applicable_gates(spec.evaluate.gates, spec.synthesize.enabled), metrics)
     target, staging = publish_locations(spec, run_dir, run_id, bool(failures))
     with _timed(timings, "publish"):
         schema_arrow = table_schema(types, target_name, class_names, label_quality=annotation.issue is not None)

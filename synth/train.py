@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,9 +26,12 @@ from ray.train.torch import TorchTrainer
 
 from synth.models import get_model
 from synth.models.base import class_grid, save_generator, save_png, unwrap
+from synth.progress import watch
 from synth.step import autocast_for, place_inputs, prepare_module, resolve_precision
 
 STATE_FILE = "state.pt"
+PROGRESS_SECONDS = 0.5
+"""Rank 0 tells the driver's progress board where it is at most this often."""
 SHARD_CACHE_BYTES = 2 * 2**30
 """A worker keeps its shard in memory after the first epoch when it is at most this big, so
 later epochs skip re-running the Ray Data pipeline (the main per-epoch overhead)."""
@@ -165,15 +169,21 @@ def _report(networks: dict[str, Any], optimizers: dict[str, Any], epoch: int, st
 
 def _quiet_ray_logs() -> None:
     """Ray Train logs every report at INFO through a logger named by its file path (so its
-    LoggingConfig level does not apply); datakiln prints one line per epoch instead."""
+    LoggingConfig level does not apply); datakiln shows its own progress instead."""
     from ray.train.v2._internal.execution import context as train_context
 
     for name in ("ray.data", "ray.train", train_context.__file__):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _show(board, epochs_done: int, rows_into_epoch: int, step: int, losses: dict[str, float]) -> None:
+    """Tell the driver's progress board where training is (global rows, over all workers)."""
+    board.set.remote(epochs_done=epochs_done, rows_into_epoch=rows_into_epoch, step=step, losses=losses)
+
+
 def train_loop(config: dict[str, Any]) -> None:
-    """Runs on every worker; `config` holds a `TrainConfig` and the model's schema as dicts."""
+    """Runs on every worker; `config` holds a `TrainConfig` and the model's schema as dicts,
+    and `board`, a `synth.progress.ProgressBoard` handle (or None) that rank 0 reports to."""
     cfg = TrainConfig(**config["train"])
     model = get_model(cfg.model)
     schema = model.schema_type(**config["schema"])
@@ -190,20 +200,23 @@ def train_loop(config: dict[str, Any]) -> None:
         networks[name] = ray.train.torch.prepare_model(networks[name])
     optimizers = model.optimizers(networks, cfg.model_config)
     start, step = _load_checkpoint(networks, optimizers)
+    board = config.get("board") if rank == 0 else None  # rank 0 speaks for the group
     if rank == 0:
         _record_attempt(cfg.attempts_uri, start, world)
+    if board is not None:
         if device.type == "cuda":
-            sys.stdout.write(f"[train] {precision} on {torch.cuda.get_device_name(device)}\n")
+            board.say.remote(f"{precision} on {torch.cuda.get_device_name(device)}")
         if start >= cfg.epochs:
-            sys.stdout.write(f"[train] already trained: all {cfg.epochs} epochs are in the last checkpoint (step {step})\n")
+            board.say.remote(f"already trained: all {cfg.epochs} epochs are in the last checkpoint (step {step})")
         elif start:
-            sys.stdout.write(f"[train] resuming at epoch {start + 1}/{cfg.epochs} (step {step})\n")
+            board.say.remote(f"resuming at epoch {start + 1}/{cfg.epochs} (step {step})")
     shard = _Shard(ray.train.get_dataset_shard("train"), cfg.batch_size, device, cfg.seed * 1000 + rank)
     for epoch in range(start, cfg.epochs):
         for net in networks.values():
             net.train()
         sums: dict[str, torch.Tensor] = {}
         seen, began = 0, time.perf_counter()
+        shown_at = began
         for batch in shard.epoch(epoch):
             inputs = place_inputs(model.inputs(batch), precision)
             with autocast_for(device, precision):
@@ -213,13 +226,14 @@ def train_loop(config: dict[str, Any]) -> None:
                 sums[key] = sums.get(key, 0.0) + value.float() * rows  # no GPU sync per step
             seen += rows
             step += 1
+            if board is not None and time.perf_counter() - shown_at >= PROGRESS_SECONDS:
+                shown_at = time.perf_counter()
+                _show(board, epoch, seen * world, step, {k: float(v) / seen for k, v in sums.items()})
         metrics = {"epoch": epoch, "step": step, "rows_per_s": seen * world / max(time.perf_counter() - began, 1e-9),
                    **{k: float(v) / max(seen, 1) for k, v in sums.items()}}
+        if board is not None:
+            _show(board, epoch + 1, 0, step, {k: v for k, v in metrics.items() if k not in ("epoch", "step", "rows_per_s")})
         if rank == 0:
-            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch", "step"))
-            # sys.stdout, not print: Ray Train re-routes print() and shows each line twice.
-            sys.stdout.write(f"[train] epoch {epoch + 1}/{cfg.epochs} {shown}\n")
-            sys.stdout.flush()
             if model.modality == "image":
                 grid = class_grid(model, unwrap(networks[model.sampler_name()]), schema.num_classes, cfg.model_config)
                 save_png(grid, f"{cfg.attempts_uri.rsplit('/', 1)[0]}/samples/epoch-{epoch + 1:03d}.png")
@@ -241,22 +255,26 @@ class TrainResult:
 
 
 def fit(train: ray.data.Dataset, schema: Any, cfg: TrainConfig, *, workers: int, use_gpu: bool,
-        storage_path: str, run_name: str, max_failures: int, model_dir: str, keep_checkpoints: int = 2) -> TrainResult:
-    """Train (or resume) the generator and export its sampling network to `model_dir`."""
+        storage_path: str, run_name: str, max_failures: int, model_dir: str, keep_checkpoints: int = 2,
+        on_progress: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train (or resume) the generator and export its sampling network to `model_dir`.
+    `on_progress(state)` runs on a driver thread with rank 0's latest `epochs_done`,
+    `rows_into_epoch` (all workers), `step` and `losses`, and the lines it said."""
     began = time.perf_counter()
     model = get_model(cfg.model)
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"train": asdict(cfg), "schema": asdict(schema)},
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu),
-        run_config=ray.train.RunConfig(
-            name=run_name, storage_path=storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
-        ),
-        datasets={"train": train.select_columns(["image", "label"] if model.modality == "image" else ["features"])},
-    )
-    result = trainer.fit()
+    with watch(on_progress) if on_progress else nullcontext() as board:
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config={"train": asdict(cfg), "schema": asdict(schema), "board": board},
+            scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+            run_config=ray.train.RunConfig(
+                name=run_name, storage_path=storage_path,
+                failure_config=ray.train.FailureConfig(max_failures=max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
+            ),
+            datasets={"train": train.select_columns(["image", "label"] if model.modality == "image" else ["features"])},
+        )
+        result = trainer.fit()
     with result.checkpoint.as_directory() as folder:
         state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
     sampler = model.sampler(schema, cfg.model_config)

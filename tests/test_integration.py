@@ -75,7 +75,7 @@ def test_a_failing_gate_publishes_nothing(tmp_path):
 def test_evaluate_command_compares_published_datasets(tmp_path, capsys):
     spec = load_spec(str(ROOT / "examples" / "demo.yaml"), [
         "source.limit=400", "synthesize.epochs=1", "synthesize.samples_per_class=8", "evaluate.enabled=false",
-        f"publish.to={tmp_path / 'out'}", f"run_root={tmp_path / 'runs'}"])
+        "evaluate.gates={}", f"publish.to={tmp_path / 'out'}", f"run_root={tmp_path / 'runs'}"])
     run(spec)
     assert not (tmp_path / "out" / "metrics.json").read_text().strip("{}\n ")  # nothing evaluated in the run
     assert main(["evaluate", "--real", str(tmp_path / "out"), "--out", str(tmp_path / "report"), "--epochs", "1"]) == 0
@@ -90,7 +90,7 @@ def test_same_spec_and_seed_give_byte_identical_synthetic_shards(tmp_path, model
     for copy in ("a", "b"):
         spec = load_spec(str(ROOT / "examples" / "demo.yaml"), [
             "source.limit=300", f"synthesize.model={model}", "synthesize.epochs=2", "synthesize.samples_per_class=6",
-            "synthesize.latent_dim=null", "evaluate.enabled=false", f"publish.to={tmp_path / copy}",
+            "synthesize.latent_dim=null", "evaluate.enabled=false", "evaluate.gates={}", f"publish.to={tmp_path / copy}",
             f"run_root={tmp_path / ('runs-' + copy)}"])
         run(spec)
         shards.append(sorted((tmp_path / copy / "synthetic").glob("*.parquet")))

@@ -18,10 +18,12 @@ class Collected:
     Attributes:
         dataset: lazily executed rows (`image` or `image_bytes`, optional `label`, `source_ref`).
         fingerprints: identity of each input (URL, size, sha256) for lineage.
+        rows: how many rows the dataset yields, where known before reading (progress).
     """
 
     dataset: ray.data.Dataset
     fingerprints: list[dict[str, Any]] = field(default_factory=list)
+    rows: int | None = None
 
 
 def num_blocks(rows: int, per_block: int = RECORDS_PER_BLOCK) -> int:

@@ -43,4 +43,4 @@ def read(spec: SourceSpec) -> Collected:
         count = min(count, spec.limit)
     dataset = ray.data.range(count, override_num_blocks=num_blocks(count, 512)).map_batches(_read_digits, batch_size=None)
     fingerprint = {"url": f"sklearn://{name}", "files": 0, "rows": count, "method": f"scikit-learn {sklearn.__version__}"}
-    return Collected(dataset=dataset, fingerprints=[fingerprint])
+    return Collected(dataset=dataset, fingerprints=[fingerprint], rows=count)

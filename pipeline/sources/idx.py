@@ -91,4 +91,5 @@ def read(spec: SourceSpec) -> Collected:
     return Collected(
         dataset=dataset,
         fingerprints=[io.fingerprint(images, io.list_files(images)), io.fingerprint(labels, io.list_files(labels))],
+        rows=count,
     )

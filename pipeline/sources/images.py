@@ -59,4 +59,4 @@ def read(spec: SourceSpec) -> Collected:
     regular = [files[p].regular for p in paths]
     dataset = paths_dataset(paths, FILES_PER_BLOCK, regular=regular).map_batches(
         _read_files, fn_kwargs={"root": root}, batch_size=None)
-    return Collected(dataset=dataset, fingerprints=[io.fingerprint(root, files)])
+    return Collected(dataset=dataset, fingerprints=[io.fingerprint(root, files)], rows=len(paths))

@@ -7,6 +7,7 @@ its real-train-vs-real-held-out floor, and memorisation in pixel space (`privacy
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,9 +42,11 @@ def _class_means(images: np.ndarray, labels: np.ndarray, num_classes: int) -> np
 
 
 def evaluate_images(real_train: Split, real_test: Split, synthetic: Split, num_classes: int, epochs: int, seed: int,
-                    k: int = 3, copy_fraction: float = 0.1, inception_weights: str | None = None) -> Evaluation:
+                    k: int = 3, copy_fraction: float = 0.1, inception_weights: str | None = None,
+                    step: Callable[[str], None] = lambda name: None) -> Evaluation:
     """All image metrics for three in-memory splits (uint8 images (N, H, W, C), integer labels);
-    with `inception_weights` (a local FID Inception-v3 file) also `fid_inception` and its floor."""
+    with `inception_weights` (a local FID Inception-v3 file) also `fid_inception` and its floor.
+    `step(name)` is told which metric is being computed (for a progress display)."""
     from synth.metrics import classifier
     from synth.metrics.fid import fid
     from synth.metrics.inception_score import inception_score
@@ -52,7 +55,9 @@ def evaluate_images(real_train: Split, real_test: Split, synthetic: Split, num_c
     from synth.metrics.privacy import memorisation
     from synth.metrics.utility import utility
 
+    step("tstr / trtr")
     metrics, extractor = utility(real_train, real_test, synthetic, num_classes, epochs, seed)
+    step("fid_domain / kid_domain")
     train_emb, test_emb, syn_emb = (classifier.embed(extractor, split[0]) for split in (real_train, real_test, synthetic))
     metrics["fid_domain"] = fid(syn_emb["features"], test_emb["features"])
     metrics["fid_domain_floor"] = fid(train_emb["features"], test_emb["features"])
@@ -61,10 +66,12 @@ def evaluate_images(real_train: Split, real_test: Split, synthetic: Split, num_c
     metrics["kid_domain_floor"] = kid(train_emb["features"], test_emb["features"])
     metrics["is_domain"] = inception_score(syn_emb["probs"])
     metrics["is_domain_real"] = inception_score(test_emb["probs"])
+    step("precision / recall / density / coverage")
     metrics.update(prdc(test_emb["features"], syn_emb["features"], k=k))
     metrics.update({f"{key}_floor": value for key, value in prdc(test_emb["features"], train_emb["features"], k=k).items()})
 
     if inception_weights:
+        step("fid_inception")
         from synth.metrics.fid import frechet_distance
         from synth.metrics.inception import inception_stats
 
@@ -73,6 +80,7 @@ def evaluate_images(real_train: Split, real_test: Split, synthetic: Split, num_c
         metrics["fid_inception"] = frechet_distance(syn_stats, test_stats)
         metrics["fid_inception_floor"] = frechet_distance(train_stats, test_stats)
 
+    step("nn_copy_fraction / dcr")
     flat = lambda x: x.reshape(len(x), -1).astype(np.float32) / 255.0  # noqa: E731
     metrics.update(memorisation(flat(synthetic[0]), flat(real_train[0]), flat(real_test[0]), copy_fraction))
     means = {"real": _class_means(*real_train, num_classes), "synthetic": _class_means(*synthetic, num_classes)}
