@@ -8,7 +8,6 @@ and rows in = rows out + rows rejected whenever a run succeeds."""
 from __future__ import annotations
 
 import gzip
-import io as stdio
 import json
 import random
 import struct
