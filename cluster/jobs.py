@@ -71,10 +71,28 @@ CREDENTIALS_HOW = ("set it in the cluster nodes' environment instead (e.g. AWS_A
                    "AWS_SECRET_ACCESS_KEY, HF_TOKEN), where fsspec and the Hub client find it")
 
 
+def require_cluster_paths(spec: Spec) -> None:
+    """A job runs in a temporary copy of its working dir that Ray deletes when the job ends
+    (and that exists on one node only): every path a submitted spec names must be absolute
+    on the cluster, or a URL. The state paths are named with what to set."""
+    state = {"run_root": (spec.run_root, "--set run_root=/mnt/shared/datakiln-runs (a folder every node mounts)"),
+             "publish.to": (spec.publish_target(), "--set publish.to=s3://bucket/datasets/NAME or a shared folder"),
+             "synthesize.storage": (spec.synthesize.storage, "--set synthesize.storage=s3://bucket/checkpoints"),
+             "source.path": (spec.source.path if spec.source.format != "sklearn" else None,
+                             "an absolute path or a URL, e.g. --set source.path=s3://bucket/raw/"),
+             "source.labels": (spec.source.labels,
+                               "an absolute path or a URL, e.g. --set source.labels=s3://bucket/raw/labels.gz")}
+    for key, (value, how) in state.items():
+        if value and "://" not in value and not os.path.isabs(os.path.expanduser(value)):
+            raise DatakilnError(f"{key}: '{value}' is relative, and a submitted run has no folder of yours to be "
+                                f"relative to (it runs in a temporary working dir on the cluster); set {how}")
+
+
 def submit(spec: Spec, address: str | None = None, options: RuntimeOptions | None = None) -> str:
     """Submit `spec` as a Ray job; return its submission id."""
     options = options or RuntimeOptions()
     spec.require_no_inline_secrets(CREDENTIALS_HOW)
+    require_cluster_paths(spec)
     for name, value in options.env.items():
         if redact({name: value}, in_credentials=True)[name] != value:
             raise DatakilnError(f"--env {name}: a credential would be stored in the job's info in clear text; "

@@ -82,6 +82,60 @@ def check_training_resources(workers: int, use_gpu: bool, fixed: bool, log) -> N
         log("run", f"{problem} (waiting for the cluster's autoscaler to add nodes)")
 
 
+def _probe_exists(paths: list[str]) -> tuple[str, list[bool]]:
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), [os.path.exists(path) for path in paths]
+
+
+def check_visible_from_every_node(folders: dict[str, str], timeout_s: float = 60.0) -> int:
+    """Fail when a local folder that a cluster run keeps state in (its run dir, a local
+    `synthesize.storage`, the staging folder beside a local publish target) is not the same
+    folder on every alive node: write a probe file in each, then have one task pinned to each
+    node look for them. A folder made for the probe is removed again. Returns how many nodes
+    were checked."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from pipeline.errors import SpecError
+
+    probes, created = {}, []
+    for key, folder in folders.items():
+        if not os.path.isdir(folder):
+            created.append(folder)
+        os.makedirs(folder, exist_ok=True)
+        probes[key] = os.path.join(folder, f".datakiln-probe-{uuid.uuid4().hex}")
+        with open(probes[key], "w") as handle:
+            handle.write("written by datakiln to check that every node sees this folder; safe to delete\n")
+    try:
+        nodes = {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in ray.nodes() if n.get("Alive")}
+        look = ray.remote(num_cpus=0)(_probe_exists)
+        refs = [look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
+            list(probes.values())) for node in nodes]
+        try:
+            answers = ray.get(refs, timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise SpecError(f"run_root: could not check within {timeout_s:.0f}s that every node sees the run's "
+                            "folders (a node is not answering)") from None
+        for node, seen in answers:
+            for (key, folder), found in zip(folders.items(), seen):
+                if not found:
+                    raise SpecError(f"{key}: {folder} is not visible from the Ray node at {nodes[node]}: a cluster run "
+                                    "keeps its state where every node reads and writes it; use a shared filesystem "
+                                    "mounted at the same path on every node (or a bucket URL for publish.to and "
+                                    "synthesize.storage)")
+        return len(answers)
+    finally:
+        for probe in probes.values():
+            if os.path.exists(probe):
+                os.remove(probe)
+        for folder in created:  # made only to be probed (it is made again when needed)
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
+
+
 def _import_pipeline() -> None:
     import pipeline.stage  # noqa: F401
 

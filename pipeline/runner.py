@@ -232,13 +232,18 @@ def finish(spec: Spec, staging: io.Location, target: io.Location, card: str, met
     return RunReport(target=target.url, run_dir=lineage["run_dir"], metrics=metrics, lineage=lineage, timings=timings)
 
 
+def _staging_url(target: str, run_id: str) -> str:
+    """Where a run writes its dataset before the commit makes it visible at `target`."""
+    return f"{target.rstrip('/')}.staging-{run_id}"
+
+
 def publish_locations(spec: Spec, run_dir: str, run_id: str, failed: bool) -> tuple[io.Location, io.Location]:
     """The publish target (the run's `candidate/` when a gate failed: never the real target)
     and an empty staging folder beside it, where everything is written before the commit."""
     options = {} if failed else spec.publish.storage_options
     target = io.resolve(os.path.join(run_dir, "candidate") if failed else spec.publish_target(), options)
     staging = (io.resolve(os.path.join(run_dir, f"hub-staging-{run_id}")) if is_hub(target)  # one commit from here
-               else io.resolve(f"{target.url.rstrip('/')}.staging-{run_id}", options))
+               else io.resolve(_staging_url(target.url, run_id), options))
     if staging.fs.exists(staging.path):
         staging.fs.rm(staging.path, recursive=True)
     return target, staging
@@ -260,7 +265,8 @@ def run(spec: Spec, address: str | None = None, fresh: bool = False) -> RunRepor
 
 def _run(spec: Spec, address: str | None, fresh: bool, spec_hash: str, code_version: dict[str, Any], run_id: str,
          run_dir: str) -> RunReport:
-    from cluster.runtime import check_training_resources, configure_data_context, connect
+    from cluster.runtime import (check_training_resources, check_visible_from_every_node, configure_data_context,
+                                 connect)
 
     timings: dict[str, float] = {}
     inception_sha256 = check_inception_weights(spec.evaluate.inception_weights)
@@ -271,8 +277,11 @@ def _run(spec: Spec, address: str | None, fresh: bool, spec_hash: str, code_vers
     connect(address)
     CONSOLE.ray_connected()
     configure_data_context()
-    if spec.synthesize.enabled and not fixed:
-        check_training_resources(spec.synthesize.workers, spec.synthesize.use_gpu, fixed=False, log=log)
+    if not fixed:  # on a cluster: the run's state must be where every node can reach it
+        if spec.synthesize.enabled:
+            check_training_resources(spec.synthesize.workers, spec.synthesize.use_gpu, fixed=False, log=log)
+        nodes = check_visible_from_every_node(_local_state_folders(spec, run_dir, run_id))
+        detail("run", f"run_root and the run's local folders are visible from all {nodes} nodes")
     log("run", f"{spec.name} run {run_id} → {run_dir}")
     if spec.source.kind == "table":
         from pipeline.tables import run_table
@@ -414,6 +423,17 @@ def _run(spec: Spec, address: str | None, fresh: bool, spec_hash: str, code_vers
                         lineage_summary=publish.card_lineage(spec_hash, collected.fingerprints, lineage_checkpoint,
                                                              lineage["rows"]))
     return finish(spec, staging, target, publish.render_card(card), metrics, lineage, failures, timings)
+
+
+def _local_state_folders(spec: Spec, run_dir: str, run_id: str) -> dict[str, str]:
+    """The local folders a run writes from Ray tasks and workers (URLs are reachable as they are)."""
+    folders = {"run_root": run_dir}
+    if spec.synthesize.enabled and spec.synthesize.storage and "://" not in spec.synthesize.storage:
+        folders["synthesize.storage"] = os.path.abspath(spec.synthesize.storage)
+    target = spec.publish_target()
+    if "://" not in target:  # publish tasks write shards into a staging folder beside the target
+        folders["publish.to"] = _staging_url(os.path.abspath(target), run_id)
+    return folders
 
 
 def _check_model_fits(spec: Spec, shape: ops.ImageShape) -> None:
