@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 POLL_SECONDS = 0.5
 
@@ -44,7 +45,9 @@ class ProgressBoard:
 def watch(on_update: Callable[[dict[str, Any]], None]) -> Iterator[Any]:
     """A board's handle for remote code; `on_update(state)` runs on a driver thread while the
     block runs, and once more (the final state) when it ends. The board is killed after."""
-    board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+    # On the driver's node: a board on a worker node would go down with that node.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    board = ray.remote(num_cpus=0)(ProgressBoard).options(scheduling_strategy=here).remote()
     stop = threading.Event()
 
     def poll() -> None:

@@ -33,21 +33,40 @@ STATE_FILE = "state.pt"
 PROGRESS_SECONDS = 0.5
 """Rank 0 tells the driver's progress board where it is at most this often."""
 SHARD_CACHE_BYTES = 2 * 2**30
-"""A worker keeps its shard in memory after the first epoch when it is at most this big, so
-later epochs skip re-running the Ray Data pipeline (the main per-epoch overhead)."""
+"""A worker reads its shard into memory once when it is at most this big, so epochs skip
+re-running the Ray Data pipeline (the main per-epoch overhead) and a resumed run replays
+exactly the batches an uninterrupted one would have seen."""
 
 
 class _Shard:
-    """Batches of this worker's shard: streamed from Ray Data, then replayed from memory.
+    """Batches of this worker's shard.
 
-    Replayed epochs use a seeded permutation, so a run is reproducible either way.
+    A shard that fits in `SHARD_CACHE_BYTES` is read once, in order, and every epoch is the
+    permutation seeded by (seed, epoch): the batches of epoch e are the same whether the run
+    got there directly or resumed from a checkpoint (after a lost node, say). A bigger shard
+    is streamed from Ray Data every epoch with a seeded local shuffle (reproducible from the
+    start, but a resumed epoch sees other batches).
     """
 
     def __init__(self, iterator, batch_size: int, device: torch.device, seed: int):
         self.iterator, self.batch_size, self.device, self.seed = iterator, batch_size, device, seed
         self.cached: dict[str, torch.Tensor] | None = None
+        self.streamed = False
+
+    def _read_all(self) -> None:
+        parts, size = [], 0
+        for batch in self.iterator.iter_torch_batches(batch_size=self.batch_size, device="cpu"):
+            size += sum(v.numel() * v.element_size() for v in batch.values())
+            if size > SHARD_CACHE_BYTES:
+                self.streamed = True
+                return
+            parts.append(batch)
+        if parts:
+            self.cached = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     def epoch(self, epoch: int):
+        if self.cached is None and not self.streamed:
+            self._read_all()
         if self.cached is not None:
             rows = len(next(iter(self.cached.values())))
             order = torch.randperm(rows, generator=torch.Generator().manual_seed(self.seed + epoch))
@@ -55,20 +74,10 @@ class _Shard:
                 index = order[start:start + self.batch_size]
                 yield {k: v[index].to(self.device, non_blocking=True) for k, v in self.cached.items()}
             return
-        parts: list[dict[str, torch.Tensor]] | None = []
-        size = 0
         for batch in self.iterator.iter_torch_batches(batch_size=self.batch_size, device="cpu",
                                                       local_shuffle_buffer_size=4 * self.batch_size,
                                                       local_shuffle_seed=self.seed + epoch):
-            if parts is not None:
-                size += sum(v.numel() * v.element_size() for v in batch.values())
-                if size <= SHARD_CACHE_BYTES:
-                    parts.append(batch)
-                else:
-                    parts = None
             yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        if parts:
-            self.cached = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
 @dataclass(frozen=True)
