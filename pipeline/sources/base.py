@@ -30,8 +30,16 @@ def num_blocks(rows: int, per_block: int = RECORDS_PER_BLOCK) -> int:
     return max(1, -(-rows // per_block))
 
 
+MIN_FILES_PER_BLOCK = 64
+"""Fewer files than this per read task cost more in task overhead than they gain in spread."""
+
+
 def paths_dataset(paths: list[str], per_block: int, **columns: list) -> ray.data.Dataset:
-    """A dataset of file paths (plus any small per-file columns) to fan file reads out over the cluster."""
+    """A dataset of file paths (plus any small per-file columns) to fan file reads out over the
+    cluster: at most `per_block` files per block, and blocks enough for every CPU twice over
+    (a few thousand large photos are then read by every node, not one task)."""
+    spread = -(-len(paths) // (2 * max(1, int(ray.cluster_resources().get("CPU", 1)))))
+    per_block = max(1, min(per_block, max(MIN_FILES_PER_BLOCK, spread)))
     table = pa.table({"path": pa.array(paths, pa.string()), **columns})
     # from_blocks types the blocks here; from_arrow runs a task per block for that, which
     # waits seconds for workers that are still starting.
