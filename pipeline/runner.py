@@ -26,7 +26,7 @@ import ray.data
 from pipeline import io, ops, plots, publish, sources
 from pipeline.annotate import (PENDING_REVIEW, ImageClassifier, annotate, export_review, needs_classifier,
                                read_human_labels)
-from pipeline.commit import check_target, commit, is_hub
+from pipeline.commit import TargetError, check_target, commit, is_hub
 from pipeline.console import CONSOLE, detail, log
 from pipeline.errors import GateError, SpecError
 from pipeline.evaluate import check_inception_weights
@@ -258,7 +258,10 @@ def run(spec: Spec, address: str | None = None, fresh: bool = False) -> RunRepor
     code_version = _code_version()
     run_id = hashlib.sha256(f"{spec_hash}:{code_version['datakiln']}".encode()).hexdigest()[:12]
     run_dir = os.path.abspath(os.path.join(spec.run_root, spec.name, run_id))
-    os.makedirs(run_dir, exist_ok=True)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as err:
+        raise SpecError(f"run_root: cannot create the run's folder {run_dir} ({err.strerror or err})") from None
     with CONSOLE.run_logs(run_dir):
         return _run(spec, address, fresh, spec_hash, code_version, run_id, run_dir)
 
@@ -270,7 +273,7 @@ def _run(spec: Spec, address: str | None, fresh: bool, spec_hash: str, code_vers
 
     timings: dict[str, float] = {}
     inception_sha256 = check_inception_weights(spec.evaluate.inception_weights)
-    check_target(io.resolve(spec.publish_target(), spec.publish.storage_options), spec.publish.overwrite)
+    _check_target(spec)
     fixed = not (address or os.environ.get("RAY_ADDRESS"))  # an embedded runtime: its resources are known now
     if spec.synthesize.enabled and fixed:
         check_training_resources(spec.synthesize.workers, spec.synthesize.use_gpu, fixed=True, log=log)
@@ -423,6 +426,21 @@ def _run(spec: Spec, address: str | None, fresh: bool, spec_hash: str, code_vers
                         lineage_summary=publish.card_lineage(spec_hash, collected.fingerprints, lineage_checkpoint,
                                                              lineage["rows"]))
     return finish(spec, staging, target, publish.render_card(card), metrics, lineage, failures, timings)
+
+
+def _check_target(spec: Spec) -> None:
+    """Before any work: the publish target can be written (a local one: its nearest existing
+    folder is a writable folder) and holds nothing datakiln may not replace."""
+    target = spec.publish_target()
+    if "://" not in target or target.startswith("file://"):
+        existing = os.path.abspath(target.removeprefix("file://"))
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise TargetError(f"publish.to {target}: cannot publish there: {existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise TargetError(f"publish.to {target}: cannot publish there: no permission to write in {existing}")
+    check_target(io.resolve(target, spec.publish.storage_options), spec.publish.overwrite)
 
 
 def _local_state_folders(spec: Spec, run_dir: str, run_id: str) -> dict[str, str]:

@@ -52,14 +52,18 @@ def test_wrong_magic_and_count_mismatch(tmp_path, capsys):
      "synthesize.use_gpu: 1 GPU worker(s) need 1 GPU(s), the Ray runtime has 0; set synthesize.use_gpu: false"),
     (["run", "SPEC", "--set", "synthesize.workers=64"],
      "synthesize.workers: 64 training workers need 64 CPUs, the Ray runtime has 4; lower synthesize.workers"),
+    (["run", "SPEC", "--set", "publish.to=FILE/ds"], "publish.to FILE/ds: cannot publish there: FILE is a file, not a folder"),
+    (["run", "SPEC", "--set", "run_root=FILE/runs"], "run_root: cannot create the run's folder FILE/runs/t/"),
 ])
 def test_spec_errors(tmp_path, capsys, argv, message):
     images, labels = blob_images(8)
     spec = _idx_spec(tmp_path, *write_idx(tmp_path, images, labels))
-    argv = [str(spec) if a == "SPEC" else str(tmp_path / "missing.yaml") if a == "MISSING" else a for a in argv]
+    (tmp_path / "a-file").write_text("not a folder")
+    names = {"SPEC": str(spec), "MISSING": str(tmp_path / "missing.yaml"), "FILE": str(tmp_path / "a-file")}
+    argv = [names.get(a, a.replace("FILE", names["FILE"])) for a in argv]
     began = time.perf_counter()
     err = _one_line_error(capsys, argv)
-    assert message.replace("MISSING", str(tmp_path / "missing.yaml")) in err
+    assert message.replace("MISSING", names["MISSING"]).replace("FILE", names["FILE"]) in err
     assert time.perf_counter() - began < 10  # before any work: no wait for resources that never come
 
 
