@@ -92,11 +92,11 @@ def submit(spec: Spec, address: str | None = None, options: RuntimeOptions | Non
     """Submit `spec` as a Ray job; return its submission id."""
     options = options or RuntimeOptions()
     spec.require_no_inline_secrets(CREDENTIALS_HOW)
-    require_cluster_paths(spec)
     for name, value in options.env.items():
         if redact({name: value}, in_credentials=True)[name] != value:
             raise DatakilnError(f"--env {name}: a credential would be stored in the job's info in clear text; "
                                 f"{CREDENTIALS_HOW}")
+    require_cluster_paths(spec)
     runtime_env: dict = {"working_dir": _stage_working_dir(spec),
                          "env_vars": {"RAY_DATA_LOG_LEVEL": "WARNING", **options.env}}
     if options.pip:
