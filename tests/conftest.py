@@ -46,6 +46,22 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def local_cluster():
+    """A real local Ray cluster besides the session's runtime: a head that only coordinates
+    (no CPUs) and two worker nodes with 2 CPUs each, started once for the tests that need one
+    (they may kill and add worker nodes) and stopped by pid."""
+    from tests.ray_cluster import LocalCluster
+
+    cluster = LocalCluster(head_cpus=0)
+    try:
+        cluster.add_worker(cpus=2)
+        cluster.add_worker(cpus=2)
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
 def pytest_configure(config):
     if os.environ.get("CI") == "true" and not HAS_SHARED:  # CI has ../shared: there, nothing may be skipped
         raise pytest.UsageError(f"CI=true but the shared folder {SHARED} is missing (set DATAKILN_SHARED)")
