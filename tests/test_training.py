@@ -17,7 +17,7 @@ import yaml
 
 from pipeline import load_spec, run
 from tests.conftest import MNIST_IMAGES, MNIST_LABELS, RAY_TEMP_DIR, ROOT, needs_shared
-from tests.test_cluster import _processes_under
+from tests.ray_cluster import processes_under
 
 pytestmark = pytest.mark.integration
 EPOCHS, BATCH = 4, 64
@@ -57,7 +57,7 @@ def _expected_steps(lineage) -> int:
 def _train_worker_pids() -> list[int]:
     """Ray Train workers of this test session's own Ray (never another Ray on the machine)."""
     pids = []
-    for pid in _processes_under(RAY_TEMP_DIR):
+    for pid in processes_under(RAY_TEMP_DIR):
         try:
             if b"RayTrainWorker" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 pids.append(pid)
@@ -99,7 +99,7 @@ def test_a_stopped_run_resumes_when_the_same_spec_runs_again(tmp_path):
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # stop the run mid-training
         first.wait(timeout=30)
-        for pid in _processes_under(temp):
+        for pid in processes_under(temp):
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)
     assert not (tmp_path / "out").exists()
