@@ -24,7 +24,7 @@ from tests.conftest import ROOT
 from tests.ray_cluster import LocalCluster
 
 pytestmark = pytest.mark.integration
-IMAGES = 2000
+IMAGES = 1500
 CLASSES = 3
 
 
@@ -48,7 +48,7 @@ def _spec(tmp_path: Path, photos: Path, name: str) -> Path:
         "name": "faults", "seed": 0, "run_root": str(tmp_path / f"runs-{name}"),
         "source": {"format": "images", "path": str(photos)},
         "preprocess": {"ops": [{"op": "decode"}, {"op": "color", "mode": "L"}, {"op": "dedup"}]},
-        "synthesize": {"model": "cvae", "epochs": 4, "batch_size": 64, "latent_dim": 8, "samples_per_class": 2500,
+        "synthesize": {"model": "cvae", "epochs": 3, "batch_size": 64, "latent_dim": 8, "samples_per_class": 1500,
                        "max_failures": 1, "workers": 1, "checkpoint_every": 1},
         "evaluate": {"classifier_epochs": 1},
         "publish": {"to": str(tmp_path / f"out-{name}"), "rows_per_shard": 1000},
