@@ -48,7 +48,7 @@ def _spec(tmp_path: Path, photos: Path, name: str) -> Path:
         "name": "faults", "seed": 0, "run_root": str(tmp_path / f"runs-{name}"),
         "source": {"format": "images", "path": str(photos)},
         "preprocess": {"ops": [{"op": "decode"}, {"op": "color", "mode": "L"}, {"op": "dedup"}]},
-        "synthesize": {"model": "cvae", "epochs": 3, "batch_size": 64, "latent_dim": 8, "samples_per_class": 1500,
+        "synthesize": {"model": "cvae", "epochs": 3, "batch_size": 64, "latent_dim": 8, "samples_per_class": 2500,
                        "max_failures": 1, "workers": 1, "checkpoint_every": 1},
         "evaluate": {"classifier_epochs": 1},
         "publish": {"to": str(tmp_path / f"out-{name}"), "rows_per_shard": 1000},
@@ -115,10 +115,13 @@ def test_losing_a_worker_node_in_preprocess_training_and_sampling_changes_nothin
                                                                                  tmp_path):
     proc = _start(local_cluster, _spec(tmp_path, photos, "lossy"))
     lost: list[tuple[str, int]] = []
+    joining: list[threading.Thread] = []
 
     def lose(stage: str, node: str) -> None:
         lost.append((stage, local_cluster.kill_node(node)))
-        local_cluster.add_worker(cpus=2)  # a cluster's autoscaler would bring a replacement
+        # a replacement joins, as an autoscaler would add one, while the run goes on
+        joining.append(threading.Thread(target=local_cluster.add_worker, args=(2,), daemon=True))
+        joining[-1].start()
 
     def disturb() -> None:
         _wait_for(lambda: _preprocessing(tmp_path, "lossy"), what="preprocess")
@@ -133,6 +136,8 @@ def test_losing_a_worker_node_in_preprocess_training_and_sampling_changes_nothin
     disturber.start()
     output, _ = proc.communicate(timeout=900)
     disturber.join(timeout=5)
+    for thread in joining:
+        thread.join(timeout=120)
     assert proc.returncode == 0, output
     assert [stage for stage, _ in lost] == ["preprocess", "train", "sample"] and all(k > 0 for _, k in lost), lost
     assert _published(tmp_path / "out-lossy") == undisturbed
