@@ -19,16 +19,14 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.preprocess import _descendants, _pss_kib, make_input  # noqa: E402
+from benchmarks.preprocess import _descendants, _pss_kib, make_input, run_sampled, stage_only_spec  # noqa: E402
 
 
 def _child(root: str, out: str, object_store_mib: int) -> None:
@@ -36,14 +34,11 @@ def _child(root: str, out: str, object_store_mib: int) -> None:
 
     from cluster.runtime import configure_data_context
     from pipeline.runner import run
-    from pipeline.spec import build_spec
 
     ray.init(num_cpus=max(4, os.cpu_count() or 1), object_store_memory=object_store_mib * 2**20,
              _temp_dir=os.path.join(out, "ray"), include_dashboard=False, logging_level="WARNING")
     configure_data_context()
-    spec = build_spec({"name": "pressure", "run_root": f"{out}/runs", "source": {"format": "images", "path": root},
-                       "synthesize": {"enabled": False}, "evaluate": {"enabled": False},
-                       "publish": {"to": f"{out}/dataset"}}, origin="benchmark")
+    spec = stage_only_spec("pressure", root, out)
     began = time.perf_counter()
     report = run(spec)
     seconds = time.perf_counter() - began
@@ -62,27 +57,16 @@ def measure(root: str, work: str, object_store_mib: int) -> dict:
     out = os.path.join(work, f"store-{object_store_mib}")
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
-    child = subprocess.Popen([sys.executable, __file__, "--child", "--root", root, "--out", out,
-                              "--store-mib", str(object_store_mib)], stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "RAY_DATA_LOG_LEVEL": "WARNING"})
-    driver_peak, other_peak, done = 0, 0, threading.Event()
+    driver_peak, other_peak = 0, 0
 
-    def sample() -> None:
+    def sample(pid: int) -> None:
         nonlocal driver_peak, other_peak
-        while not done.is_set():
-            driver_peak = max(driver_peak, _pss_kib(child.pid))
-            others = [_pss_kib(p) for p in _descendants(child.pid) if p != child.pid]
-            other_peak = max([other_peak, *others])
-            time.sleep(0.2)
+        driver_peak = max(driver_peak, _pss_kib(pid))
+        other_peak = max([other_peak, *(_pss_kib(p) for p in _descendants(pid) if p != pid)])
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    lines = child.stdout.read().splitlines()
-    child.wait()
-    done.set()
-    sampler.join()
-    if child.returncode:
-        raise SystemExit(f"the run with a {object_store_mib} MiB object store failed (exit {child.returncode})")
+    lines = run_sampled([sys.executable, __file__, "--child", "--root", root, "--out", out, "--store-mib",
+                         str(object_store_mib)], {**os.environ, "RAY_DATA_LOG_LEVEL": "WARNING"}, sample,
+                        f"the run with a {object_store_mib} MiB object store")
     result = json.loads([line for line in lines if line.startswith('{"seconds"')][-1])
     digest = hashlib.sha256()
     dataset = os.path.join(out, "dataset", "data")

@@ -159,17 +159,23 @@ def run_datasets_map(root: str, out: str) -> int:
     return len(kept)
 
 
+def stage_only_spec(name: str, root: str, out: str):
+    """A spec that collects `root`, stages and publishes it, with synthesis and evaluation off."""
+    from pipeline.spec import build_spec
+
+    return build_spec({"name": name, "run_root": f"{out}/runs", "source": {"format": "images", "path": root},
+                       "synthesize": {"enabled": False}, "evaluate": {"enabled": False},
+                       "publish": {"to": f"{out}/dataset"}}, origin="benchmark")
+
+
 def run_datakiln(root: str, out: str) -> int:
     sys.path.insert(0, ROOT)
     from cluster.runtime import configure_data_context, connect
     from pipeline.runner import run
-    from pipeline.spec import build_spec
 
     connect(temp_dir=os.path.join(out, "ray"))
     configure_data_context()
-    spec = build_spec({"name": "bench", "run_root": f"{out}/runs", "source": {"format": "images", "path": root},
-                       "synthesize": {"enabled": False}, "evaluate": {"enabled": False},
-                       "publish": {"to": f"{out}/dataset"}}, origin="benchmark")
+    spec = stage_only_spec("bench", root, out)
     began = time.perf_counter()
     report = run(spec)
     _report(began, report.lineage["rows"]["rows_out"])
@@ -217,29 +223,40 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def measure(contender: str, root: str, work: str) -> dict:
-    """Run one contender in a child process; its timing line plus the peak PSS of its tree."""
-    out = os.path.join(work, contender)
-    shutil.rmtree(out, ignore_errors=True)
-    env = {**os.environ, "RAY_DATA_LOG_LEVEL": "WARNING", "HF_DATASETS_OFFLINE": "1"}
-    child = subprocess.Popen([sys.executable, __file__, "--child", contender, "--root", root, "--out", out],
-                             stdout=subprocess.PIPE, text=True, env=env)
-    peak, done = 0, threading.Event()
+def run_sampled(command: list[str], env: dict[str, str], sample, what: str) -> list[str]:
+    """Run `command`; call `sample(pid)` every 0.2 s while it runs; return its stdout lines."""
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    done = threading.Event()
 
-    def sample() -> None:
-        nonlocal peak
+    def loop() -> None:
         while not done.is_set():
-            peak = max(peak, sum(_pss_kib(p) for p in _descendants(child.pid)))
+            sample(child.pid)
             time.sleep(0.2)
 
-    sampler = threading.Thread(target=sample, daemon=True)
+    sampler = threading.Thread(target=loop, daemon=True)
     sampler.start()
     lines = child.stdout.read().splitlines()
     child.wait()
     done.set()
     sampler.join()
     if child.returncode:
-        raise SystemExit(f"{contender} failed with exit {child.returncode}")
+        raise SystemExit(f"{what} failed with exit {child.returncode}")
+    return lines
+
+
+def measure(contender: str, root: str, work: str) -> dict:
+    """Run one contender in a child process; its timing line plus the peak PSS of its tree."""
+    out = os.path.join(work, contender)
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "RAY_DATA_LOG_LEVEL": "WARNING", "HF_DATASETS_OFFLINE": "1"}
+    peak = 0
+
+    def sample(pid: int) -> None:
+        nonlocal peak
+        peak = max(peak, sum(_pss_kib(p) for p in _descendants(pid)))
+
+    lines = run_sampled([sys.executable, __file__, "--child", contender, "--root", root, "--out", out], env, sample,
+                        contender)
     result = json.loads([line for line in lines if line.startswith('{"seconds"')][-1])
     result.update(images_per_s=result["rows"] / result["seconds"], peak_pss_mib=peak / 1024)
     shutil.rmtree(out, ignore_errors=True)
