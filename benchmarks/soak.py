@@ -36,6 +36,29 @@ def _rss_mib(pid: int) -> float:
     return 0.0
 
 
+def _role(pid: int) -> str:
+    """What a cluster process is: `worker` for Ray's worker processes, else its program."""
+    try:
+        argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+    except OSError:
+        return "gone"
+    first = argv[0].decode(errors="replace")
+    if first.startswith("ray::"):
+        return "worker"
+    scripts = [a.decode(errors="replace") for a in argv[1:3] if a.endswith(b".py")]
+    return os.path.basename(scripts[0] if scripts else first.split()[0])
+
+
+def _cluster_by_role(temp_dir: str) -> dict[str, list[float]]:
+    """{role: [processes, summed RSS MiB]} over the cluster's processes."""
+    roles: dict[str, list[float]] = {}
+    for pid in processes_under(temp_dir):
+        entry = roles.setdefault(_role(pid), [0, 0.0])
+        entry[0] += 1
+        entry[1] = round(entry[1] + _rss_mib(pid), 1)
+    return dict(sorted(roles.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20)
@@ -67,7 +90,8 @@ def main() -> None:
             row = {"run": index + 1, "seconds": round(time.perf_counter() - began, 1),
                    "driver_rss_mib": round(_rss_mib(os.getpid()), 1),
                    "object_store_used_mib": round((total - free) / 2**20, 1),
-                   "cluster_rss_mib": round(sum(_rss_mib(p) for p in processes_under(cluster.temp_dir)), 1)}
+                   "cluster_rss_mib": round(sum(_rss_mib(p) for p in processes_under(cluster.temp_dir)), 1),
+                   "cluster_by_role": _cluster_by_role(cluster.temp_dir)}
             rows.append(row)
             print(json.dumps(row), flush=True)
         first, last = rows[0], rows[-1]
@@ -76,7 +100,10 @@ def main() -> None:
             "driver_rss_growth_mib": round(last["driver_rss_mib"] - first["driver_rss_mib"], 1),
             "driver_rss_ratio": round(last["driver_rss_mib"] / first["driver_rss_mib"], 3),
             "object_store_used_last_mib": last["object_store_used_mib"],
-            "cluster_rss_ratio": round(last["cluster_rss_mib"] / first["cluster_rss_mib"], 3)}))
+            "cluster_rss_ratio": round(last["cluster_rss_mib"] / first["cluster_rss_mib"], 3),
+            "cluster_growth_by_role_mib": {
+                role: round(count_rss[1] - first["cluster_by_role"].get(role, [0, 0.0])[1], 1)
+                for role, count_rss in last["cluster_by_role"].items()}}))
     finally:
         import ray
 
