@@ -28,7 +28,7 @@ class _Sampler:
 
         ids = batch["id"]
         labels = ids % self.schema.num_classes
-        noise = row_noise(self.seed, ids, self.model.noise_dim(self.config))
+        noise = row_noise(self.seed, ids, self.model.noise_dim(self.config, self.schema))
         images = self.model.sample(self.module, torch.from_numpy(labels), torch.from_numpy(noise))
         pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         if self.board is not None:

@@ -65,7 +65,8 @@ class GeneratorModel(Protocol):
     def sample(self, sampler, labels, noise):
         """Images for `labels` from `noise` (rows of `noise_dim` standard normals)."""
 
-    def noise_dim(self, config: dict[str, Any]) -> int: ...
+    def noise_dim(self, config: dict[str, Any], schema: Any) -> int:
+        """Standard normals per row that `sample` turns into one image or row."""
 
 
 class ImageModel:
@@ -132,7 +133,7 @@ def class_grid(model: GeneratorModel, sampler, num_classes: int, config: dict[st
     device = next(sampler.parameters()).device
     labels = torch.arange(num_classes, device=device).repeat_interleave(per_class)
     noise = torch.from_numpy(np.random.default_rng(0).standard_normal(
-        (len(labels), model.noise_dim(config))).astype(np.float32)).to(device)
+        (len(labels), model.noise_dim(config, sampler.schema))).astype(np.float32)).to(device)
     was_training = sampler.training
     sampler.eval()
     with torch.no_grad():

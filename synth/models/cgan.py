@@ -1,10 +1,14 @@
-"""Class-conditional DCGAN with a hinge loss, spectral normalisation and a generator EMA.
+"""Class-conditional GAN with a hinge loss, spectral normalisation, DiffAugment and a
+generator EMA; resolution-general (`synth.models.blocks`).
 
-Generator: latent + one-hot → (2w, S/4, S/4) → two stride-2 transposed convolutions, with
-the class as constant channels at each resolution; sigmoid output in [0, 1].
-Discriminator: spectrally normalised convolutions and a projection head (Miyato & Koyama
-2018): D(x, y) = ψ(φ(x)) + ⟨embed(y), φ(x)⟩. Samples come from an exponential moving
-average of the generator's weights, which is smoother than the raw generator.
+Generator: the latent and a class embedding projected onto the bottom grid, one residual
+up block per octave with class-conditional batch norm, sigmoid output in [0, 1].
+Discriminator: one spectrally normalised residual down block per octave and a projection
+head (Miyato & Koyama 2018): D(x, y) = ψ(φ(x)) + ⟨embed(y), φ(x)⟩. Every image the
+discriminator sees, real or fake, in its step and the generator's, first goes through
+DiffAugment (`diffaugment`, default colour, translation and cutout), which keeps it from
+memorising a few thousand photos. Samples come from an exponential moving average of the
+generator's weights, which is smoother than the raw generator.
 """
 
 from __future__ import annotations
@@ -17,43 +21,30 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import spectral_norm
 
+from synth.models.augment import diff_augment, parse_policy
 from synth.models.base import ImageModel, ImageSchema, adam, ema_update
+from synth.models.blocks import Decoder, Encoder
 
-
-def _with_class_maps(x: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
-    maps = onehot[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3]).to(x.dtype)
-    return torch.cat([x, maps], 1)
+FEATURES = 256
 
 
 class _Generator(nn.Module):
     def __init__(self, schema: ImageSchema, latent_dim: int, width: int):
         super().__init__()
         self.schema, self.latent_dim = schema, latent_dim
-        k = schema.num_classes
-        self.grid = (2 * width, schema.height // 4, schema.width // 4)
-        self.project = nn.Sequential(nn.Linear(latent_dim + k, self.grid[0] * self.grid[1] * self.grid[2]),
-                                     nn.BatchNorm1d(self.grid[0] * self.grid[1] * self.grid[2]), nn.ReLU())
-        self.up1 = nn.Sequential(nn.ConvTranspose2d(2 * width + k, width, 4, 2, 1), nn.BatchNorm2d(width), nn.ReLU())
-        self.up2 = nn.ConvTranspose2d(width + k, schema.channels, 4, 2, 1)
+        self.decoder = Decoder(schema.height, schema.width, schema.channels, schema.num_classes, latent_dim, width)
 
     def forward(self, noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        onehot = F.one_hot(labels, self.schema.num_classes).float()
-        x = self.project(torch.cat([noise, onehot], 1)).view(-1, *self.grid)
-        x = self.up1(_with_class_maps(x, onehot))
-        return torch.sigmoid(self.up2(_with_class_maps(x, onehot)).float())
+        return torch.sigmoid(self.decoder(noise, labels).float())
 
 
 class _Discriminator(nn.Module):
     def __init__(self, schema: ImageSchema, width: int):
         super().__init__()
-        flat = 2 * width * (schema.height // 4) * (schema.width // 4)
-        self.features = nn.Sequential(
-            spectral_norm(nn.Conv2d(schema.channels, width, 4, 2, 1)), nn.LeakyReLU(0.2),
-            spectral_norm(nn.Conv2d(width, 2 * width, 4, 2, 1)), nn.LeakyReLU(0.2),
-            nn.Flatten(), spectral_norm(nn.Linear(flat, 256)), nn.LeakyReLU(0.2),
-        )
-        self.score = spectral_norm(nn.Linear(256, 1))
-        self.embed = spectral_norm(nn.Embedding(schema.num_classes, 256))
+        encoder = Encoder(schema.height, schema.width, schema.channels, width, spectral=True)
+        self.features = nn.Sequential(encoder, spectral_norm(nn.Linear(encoder.features, FEATURES)), nn.LeakyReLU(0.2))
+        self.score = spectral_norm(nn.Linear(FEATURES, 1))
+        self.embed = spectral_norm(nn.Embedding(schema.num_classes, FEATURES))
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         h = self.features(images)
@@ -64,12 +55,14 @@ class ConditionalGAN(ImageModel):
     name = "cgan"
     trained = ("generator", "discriminator")
     # Small batches: a GAN needs many updates, and 30 epochs of 8,000 images at 128 are few.
-    defaults = {"latent_dim": 64, "width": 64, "learning_rate": 2e-4, "ema_decay": 0.995, "batch_size": 64, "epochs": 30}
+    defaults = {"latent_dim": 64, "width": 32, "learning_rate": 2e-4, "ema_decay": 0.995, "batch_size": 64, "epochs": 30,
+                "diffaugment": "color,translation,cutout"}
 
     def build(self, schema: ImageSchema, config: dict[str, Any]) -> dict[str, nn.Module]:
         generator = self.sampler(schema, config)
         ema = copy.deepcopy(generator).requires_grad_(False)
         ema.decay = config["ema_decay"]
+        ema.policy = parse_policy(config["diffaugment"])
         return {"generator": generator, "discriminator": _Discriminator(schema, config["width"]), "ema": ema}
 
     def sampler(self, schema: ImageSchema, config: dict[str, Any]) -> nn.Module:
@@ -83,7 +76,7 @@ class ConditionalGAN(ImageModel):
         return {"generator": adam(networks["generator"].parameters(), lr=lr, betas=(0.5, 0.999)),
                 "discriminator": adam(networks["discriminator"].parameters(), lr=lr, betas=(0.5, 0.999))}
 
-    def noise_dim(self, config: dict[str, Any]) -> int:
+    def noise_dim(self, config: dict[str, Any], schema: ImageSchema) -> int:
         return config["latent_dim"]
 
     def training_step(self, networks: dict[str, nn.Module], images: torch.Tensor, labels: torch.Tensor,
@@ -92,14 +85,15 @@ class ConditionalGAN(ImageModel):
         noise = torch.randn(images.shape[0], ema.latent_dim, device=images.device)
         fake = generator(noise, labels)
         # One discriminator call on real and fake together (one forward per backward under DDP).
-        scores = discriminator(torch.cat([images, fake.detach().to(images.dtype)]), torch.cat([labels, labels]))
+        both = diff_augment(torch.cat([images, fake.detach().to(images.dtype)]), ema.policy)
+        scores = discriminator(both, torch.cat([labels, labels]))
         real_score, fake_score = scores.float().chunk(2)
         d_loss = F.relu(1 - real_score).mean() + F.relu(1 + fake_score).mean()
         optimizers["discriminator"].zero_grad(set_to_none=True)
         d_loss.backward()
         optimizers["discriminator"].step()
 
-        g_loss = -discriminator(fake.to(images.dtype), labels).float().mean()
+        g_loss = -discriminator(diff_augment(fake.to(images.dtype), ema.policy), labels).float().mean()
         optimizers["generator"].zero_grad(set_to_none=True)
         g_loss.backward()
         optimizers["generator"].step()
