@@ -131,8 +131,9 @@ def train_config(spec: Spec, run_id: str, run_dir: str, rows: int):
 
     syn = spec.synthesize
     model = get_model(syn.model)
-    model_config = with_defaults(model, {"latent_dim": syn.latent_dim, "learning_rate": syn.learning_rate,
-                                         "batch_size": syn.batch_size, "epochs": syn.epochs})
+    model_config = with_defaults(model, {**syn.options, "latent_dim": syn.latent_dim,
+                                         "learning_rate": syn.learning_rate, "sample_steps": syn.sample_steps,
+                                         "guidance": syn.guidance, "batch_size": syn.batch_size, "epochs": syn.epochs})
     batch_size, epochs = model_config.pop("batch_size"), model_config.pop("epochs")
     if syn.epochs is None:
         epochs = default_epochs(model, rows, batch_size, syn.workers)
@@ -481,10 +482,25 @@ def _write_report_plots(staging: io.Location, evaluation, class_names: list[str]
         evaluation.class_means["real"], evaluation.class_means["synthetic"], class_names, path))
 
 
+def _examples_of_every_class(data: ray.data.Dataset, num_classes: int, per_class: int) -> dict[str, np.ndarray]:
+    """The first `per_class` images of each class in `data`'s order (reading only as far as
+    needed: a class-sorted source has its last class at the end)."""
+    kept: dict[int, list[np.ndarray]] = {label: [] for label in range(num_classes)}
+    for batch in data.select_columns(["image", "label"]).iter_batches(batch_size=1024, batch_format="numpy"):
+        for image, label in zip(batch["image"], batch["label"]):
+            if len(kept[int(label)]) < per_class:
+                kept[int(label)].append(image)
+        if all(len(images) == per_class for images in kept.values()):
+            break
+    labels = [label for label, images in kept.items() for _ in images]
+    images = [image for group in kept.values() for image in group]
+    return {"image": np.stack(images), "label": np.array(labels, dtype=np.int64)}
+
+
 def _write_samples(staging: io.Location, train: ray.data.Dataset, synthetic: ray.data.Dataset,
                    class_names: list[str]) -> None:
     wanted = SAMPLES_SHOWN * len(class_names)
-    real = train.select_columns(["image", "label"]).limit(20 * wanted).take_batch(20 * wanted)
+    real = _examples_of_every_class(train, len(class_names), SAMPLES_SHOWN)
     # The sampler interleaves classes, so the first rows hold SAMPLES_SHOWN of each class.
     fake = synthetic.map_batches(_first_rows, fn_kwargs={"rows": wanted}, batch_format="pyarrow").select_columns(
         ["image", "label"]).take_batch(wanted)

@@ -199,6 +199,15 @@ class SynthesizeSpec(_Section):
     conditions: dict[str, dict[str, int]] = Field(default_factory=dict)
     """`table`: exact counts per value of one categorical column, e.g.
     `{deposit: {"yes": 5000, "no": 5000}}`."""
+    sample_steps: int | None = Field(default=None, ge=1)
+    """`cflow`: integration steps per sample (default 16; a Heun step calls the network twice,
+    and guidance doubles that)."""
+    guidance: float | None = Field(default=None, ge=0)
+    """`cflow`: classifier-free guidance scale (default 2; 1 is plain conditional sampling)."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Model-specific settings by name, e.g. `{width: 64}` (network width, all image models),
+    `{diffaugment: none}` (cgan), `{solver: euler}` (cflow); a model takes the keys of its
+    defaults (`synth/models/<model>.py`)."""
     sampler_actors: int = Field(default=2, ge=1)
     storage: str | None = None
     """Where Ray Train keeps checkpoints (local dir or fsspec URL). Default: `<run_dir>/train`."""
@@ -218,6 +227,23 @@ class SynthesizeSpec(_Section):
         if name is not None and name not in MODEL_NAMES:
             raise ValueError(f"unknown model '{name}'; known: {', '.join(MODEL_NAMES)}")
         return name
+
+
+COMMON_MODEL_SETTINGS = ("epochs", "batch_size")
+
+
+def _check_model_settings(syn: SynthesizeSpec) -> None:
+    """Every model setting the spec gives is one the chosen model has."""
+    from synth.models import get_model
+
+    defaults = get_model(syn.model).defaults
+    for key in ("learning_rate", "latent_dim", "sample_steps", "guidance"):
+        if getattr(syn, key) is not None and key not in defaults:
+            raise ValueError(f"synthesize.{key}: the '{syn.model}' model has no {key}")
+    for key in syn.options:
+        if key not in defaults or key in COMMON_MODEL_SETTINGS:
+            known = ", ".join(k for k in defaults if k not in COMMON_MODEL_SETTINGS)
+            raise ValueError(f"synthesize.options.{key}: not a setting of the '{syn.model}' model (its settings: {known})")
 
 
 class EvaluateSpec(_Section):
@@ -286,6 +312,7 @@ class Spec(_Section):
         if (syn.model in TABLE_MODELS) != (source.kind == "table"):
             raise ValueError(f"synthesize.model: '{syn.model}' does not generate {source.kind}s "
                              f"(tables: {', '.join(TABLE_MODELS)})")
+        _check_model_settings(syn)
         if syn.conditions and len(syn.conditions) != 1:
             raise ValueError("synthesize.conditions: give counts for one column")
         return self

@@ -43,26 +43,80 @@ def test_step_sample_and_export(name, tmp_path):
     assert "loss" in losses and all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
     assert set(optimizers) == set(model.trained)
     sampler = networks[model.sampler_name()].eval()
-    out = model.sample(sampler, labels, torch.randn(6, model.noise_dim(config)))
+    out = model.sample(sampler, labels, torch.randn(6, model.noise_dim(config, SCHEMA)))
     assert out.shape == (6, 1, 12, 12) and 0 <= out.min() and out.max() <= 1
     save_generator(str(tmp_path), name, sampler, SCHEMA, config)
     assert (tmp_path / "model.safetensors").read_bytes()[:8] != b"\x80\x04\x95"  # not a pickle
     loaded_model, loaded, schema, loaded_config = load_generator(str(tmp_path))
     assert schema == SCHEMA and loaded_config == config and loaded_model.name == name
-    noise = torch.randn(3, model.noise_dim(config))
+    noise = torch.randn(3, model.noise_dim(config, SCHEMA))
     assert torch.equal(model.sample(sampler, labels[:3], noise), model.sample(loaded, labels[:3], noise))
 
 
-@pytest.mark.parametrize("name, steps", [("cvae", 200), ("cgan", 300)])
+@pytest.mark.parametrize("name, steps", [("cvae", 200), ("cgan", 300), ("cflow", 150)])
 def test_models_learn_the_class_condition(name, steps):
-    model, config, networks, optimizers = _setup(name)
+    model, config, networks, optimizers = _setup(name) if name != "cflow" else _small(name, SCHEMA, learning_rate=2e-3)
     images, labels = _bars()
     for _ in range(steps):
         model.training_step(networks, images, labels, optimizers)
     sampler = networks[model.sampler_name()].eval()
-    samples = model.sample(sampler, torch.tensor([0, 1, 2] * 4), torch.randn(12, model.noise_dim(config)))
+    samples = model.sample(sampler, torch.tensor([0, 1, 2] * 4), torch.randn(12, model.noise_dim(config, SCHEMA)))
     bands = samples[:, 0].mean(dim=1).reshape(12, 3, 4).mean(dim=2)  # brightness of each column band
     assert torch.equal(bands.argmax(dim=1), torch.tensor([0, 1, 2] * 4))
+
+
+SHAPES = {"grey28": (28, 28, 1), "rgb32": (32, 32, 3), "rgb64": (64, 64, 3)}
+
+
+def _small(name, schema, **settings):
+    """A narrow network of `name` for `schema` (a few steps of it stay cheap at 64×64)."""
+    model = get_model(name)
+    config = with_defaults(model, {"width": 8, **({"sample_steps": 4} if "sample_steps" in model.defaults else {}),
+                                   **settings})
+    torch.manual_seed(0)
+    networks = model.build(schema, config)
+    return model, config, networks, model.optimizers(networks, config)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("name", IMAGE_MODELS)
+def test_image_models_conform_at_every_resolution(name, shape, tmp_path):
+    """Shapes, determinism under a seed and the checkpoint round trip, grey and RGB, 28–64 px."""
+    height, width, channels = SHAPES[shape]
+    schema = ImageSchema(height=height, width=width, channels=channels, num_classes=3)
+    model, config, networks, optimizers = _small(name, schema)
+    _, _, twin, _ = _small(name, schema)
+    for mine, theirs in zip(networks.values(), twin.values()):
+        assert all(torch.equal(a, b) for a, b in zip(mine.state_dict().values(), theirs.state_dict().values()))
+    torch.manual_seed(1)
+    images, labels = torch.rand(4, channels, height, width), torch.tensor([0, 1, 2, 0])
+    losses = model.training_step(networks, images, labels, optimizers)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sampler = networks[model.sampler_name()].eval()
+    noise = torch.from_numpy(row_noise(7, np.arange(4), model.noise_dim(config, schema)))
+    out = model.sample(sampler, labels, noise)
+    assert out.shape == (4, channels, height, width) and 0 <= out.min() and out.max() <= 1
+    assert torch.equal(out, model.sample(sampler, labels, noise))
+    save_generator(str(tmp_path), name, sampler, schema, config)
+    _, loaded, loaded_schema, _ = load_generator(str(tmp_path))
+    assert loaded_schema == schema and torch.equal(out, model.sample(loaded, labels, noise))
+
+
+@pytest.mark.parametrize("name, steps, rate", [("cvae", 150, None), ("cgan", 250, None), ("cflow", 100, 2e-3)])
+def test_rgb_samples_follow_their_class(name, steps, rate):
+    """32×32 RGB, the class is the colour: after a short training each conditional sample is
+    brightest in its own class's channel."""
+    schema = ImageSchema(height=32, width=32, channels=3, num_classes=3)
+    model, config, networks, optimizers = _small(name, schema, **({"learning_rate": rate} if rate else {}))
+    labels = torch.arange(24) % 3
+    images = 0.1 + 0.1 * torch.rand(24, 3, 32, 32)
+    images[torch.arange(24), labels] += 0.7
+    for _ in range(steps):
+        model.training_step(networks, images, labels, optimizers)
+    sampler = networks[model.sampler_name()].eval()
+    wanted = torch.tensor([0, 1, 2] * 4)
+    samples = model.sample(sampler, wanted, torch.randn(12, model.noise_dim(config, schema)))
+    assert torch.equal(samples.mean(dim=(2, 3)).argmax(dim=1), wanted)
 
 
 def test_row_noise_depends_on_row_id_only():

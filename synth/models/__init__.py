@@ -7,6 +7,7 @@ import importlib
 from synth.models.base import GeneratorModel, ImageSchema
 
 _MODELS = {"cvae": ("synth.models.cvae", "ConditionalVAE"), "cgan": ("synth.models.cgan", "ConditionalGAN"),
+           "cflow": ("synth.models.flow", "ConditionalFlow"),
            "tvae": ("synth.models.tvae", "TabularVAE"), "ctgan": ("synth.models.ctgan", "TabularGAN")}
 TABLE_MODELS = ("tvae", "ctgan")
 MODEL_NAMES = tuple(_MODELS)
