@@ -107,3 +107,38 @@ def test_fid_inception_from_a_local_weights_file(tmp_path):
     torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="not FID Inception-v3 weights"):
         inception.load(str(tmp_path / "other.pth"))
+
+
+def test_the_photo_recipe_augments_per_image_and_learns_colour_classes():
+    import torch
+
+    from synth.metrics import classifier
+
+    assert classifier.recipe_for(3) == "photo" and classifier.recipe_for(1) == "small"
+    assert classifier.recipe_for(1, "photo") == "photo"
+    x = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).reshape(2, 3, 16, 16)
+    first = classifier._augment(x, torch.Generator().manual_seed(0))
+    assert first.shape == x.shape and torch.equal(first, classifier._augment(x, torch.Generator().manual_seed(0)))
+    assert not torch.equal(first, x)
+    rng = np.random.default_rng(0)
+    labels = np.arange(120) % 3
+    images = rng.integers(0, 60, size=(120, 16, 16, 3)).astype(np.uint8)
+    images[np.arange(120), :, :, labels] += 150  # the class is the brightest channel
+    model = classifier.fit(images[:90], labels[:90], 3, 8, seed=0)
+    assert model.recipe == "photo"
+    probs = classifier.embed(model, images[90:])["probs"]
+    assert (probs.argmax(1) == labels[90:]).mean() >= 0.9
+
+
+def test_the_rotation_extractor_tells_quarter_turns_apart():
+    from synth.metrics import classifier
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 40, size=(60, 16, 16, 1)).astype(np.uint8)
+    images[:, :4, :8] = 250  # an upright mark: top left
+    model = classifier.fit_rotations(images[:40], epochs=24, seed=0)
+    turned = np.concatenate([np.rot90(images[40:], k, axes=(1, 2)) for k in range(4)])
+    probs = classifier.embed(model, np.ascontiguousarray(turned))["probs"]
+    assert probs.shape == (80, 4) and (probs.argmax(1) == np.repeat(np.arange(4), 20)).mean() >= 0.9
+    wide = rng.integers(0, 40, size=(10, 8, 16, 1)).astype(np.uint8)
+    assert classifier.embed(classifier.fit_rotations(wide, 2, 0), wide)["probs"].shape == (10, 2)  # 0° or 180°

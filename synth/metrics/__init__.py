@@ -41,12 +41,26 @@ def _class_means(images: np.ndarray, labels: np.ndarray, num_classes: int) -> np
                      for k in range(num_classes)])
 
 
+@ray.remote(num_cpus=1)
+def _fit_rotations(images: np.ndarray, epochs: int, seed: int, recipe: str):
+    import torch
+
+    from synth.metrics import classifier
+
+    torch.set_num_threads(1)
+    return classifier.fit_rotations(images, epochs, seed, recipe)
+
+
 def evaluate_images(real_train: Split, real_test: Split, synthetic: Split, num_classes: int, epochs: int, seed: int,
                     k: int = 3, copy_fraction: float = 0.1, inception_weights: str | None = None,
+                    classifier_recipe: str = "auto", labelled: bool = True,
                     step: Callable[[str], None] = lambda name: None) -> Evaluation:
     """All image metrics for three in-memory splits (uint8 images (N, H, W, C), integer labels);
     with `inception_weights` (a local FID Inception-v3 file) also `fid_inception` and its floor.
-    `step(name)` is told which metric is being computed (for a progress display)."""
+    `step(name)` is told which metric is being computed (for a progress display);
+    `classifier_recipe` picks the fixed classifier (`classifier.recipe_for`). Without labels
+    (`labelled` false) the utility metrics and the domain Inception Score are skipped and the
+    extractor is trained self-supervised (`classifier.fit_rotations`)."""
     from synth.metrics import classifier
     from synth.metrics.fid import fid
     from synth.metrics.inception_score import inception_score
@@ -55,8 +69,13 @@ def evaluate_images(real_train: Split, real_test: Split, synthetic: Split, num_c
     from synth.metrics.privacy import memorisation
     from synth.metrics.utility import utility
 
-    step("tstr / trtr")
-    metrics, extractor = utility(real_train, real_test, synthetic, num_classes, epochs, seed)
+    if labelled:
+        step("tstr / trtr")
+        metrics, extractor = utility(real_train, real_test, synthetic, num_classes, epochs, seed, classifier_recipe)
+    else:
+        step("feature extractor (rotation prediction)")
+        extractor = ray.get(_fit_rotations.remote(real_train[0], epochs, seed, classifier_recipe))
+        metrics = {}
     step("fid_domain / kid_domain")
     train_emb, test_emb, syn_emb = (classifier.embed(extractor, split[0]) for split in (real_train, real_test, synthetic))
     metrics["fid_domain"] = fid(syn_emb["features"], test_emb["features"])
@@ -64,8 +83,9 @@ def evaluate_images(real_train: Split, real_test: Split, synthetic: Split, num_c
     metrics["fid_domain_ratio"] = metrics["fid_domain"] / max(metrics["fid_domain_floor"], 1e-12)
     metrics["kid_domain"] = kid(syn_emb["features"], test_emb["features"])
     metrics["kid_domain_floor"] = kid(train_emb["features"], test_emb["features"])
-    metrics["is_domain"] = inception_score(syn_emb["probs"])
-    metrics["is_domain_real"] = inception_score(test_emb["probs"])
+    if labelled:
+        metrics["is_domain"] = inception_score(syn_emb["probs"])
+        metrics["is_domain_real"] = inception_score(test_emb["probs"])
     step("precision / recall / density / coverage")
     metrics.update(prdc(test_emb["features"], syn_emb["features"], k=k))
     metrics.update({f"{key}_floor": value for key, value in prdc(test_emb["features"], train_emb["features"], k=k).items()})

@@ -17,7 +17,7 @@ from synth.metrics import Split, classifier
 
 @ray.remote(num_cpus=1)
 def _fit_and_score(test: Split, num_classes: int, epochs: int, seed: int, real: Split, synthetic: Split,
-                   fits: tuple[str, ...]) -> dict[str, tuple[dict[str, Any], Any]]:
+                   fits: tuple[str, ...], recipe: str) -> dict[str, tuple[dict[str, Any], Any]]:
     import torch
 
     torch.set_num_threads(1)
@@ -26,7 +26,7 @@ def _fit_and_score(test: Split, num_classes: int, epochs: int, seed: int, real: 
     for name in fits:
         images = np.concatenate([part[0] for part in parts[name]])
         labels = np.concatenate([part[1] for part in parts[name]])
-        model = classifier.fit(images, labels, num_classes, epochs, seed)
+        model = classifier.fit(images, labels, num_classes, epochs, seed, recipe)
         probs = classifier.embed(model, test[0])["probs"]
         results[name] = (classifier.scores(classifier.confusion(probs, test[1], num_classes)),
                          model.state_dict() if name == "real" else None)
@@ -34,19 +34,19 @@ def _fit_and_score(test: Split, num_classes: int, epochs: int, seed: int, real: 
 
 
 def utility(real_train: Split, real_test: Split, synthetic: Split, num_classes: int, epochs: int,
-            seed: int) -> tuple[dict[str, Any], Any]:
+            seed: int, recipe: str = "auto") -> tuple[dict[str, Any], Any]:
     """TSTR/TRTR/augmentation scores (keys as in `metrics.json`) and the TRTR model.
 
     Two tasks of equal work: real-only then synthetic-only, and real+synthetic.
     """
     refs = [ray.put(split) for split in (real_test, real_train, synthetic)]
     results = {}
-    for part in ray.get([_fit_and_score.remote(refs[0], num_classes, epochs, seed, refs[1], refs[2], fits)
+    for part in ray.get([_fit_and_score.remote(refs[0], num_classes, epochs, seed, refs[1], refs[2], fits, recipe)
                          for fits in (("real", "synthetic"), ("both",))]):
         results.update(part)
     (tstr, _), (trtr, state), (both, _) = results["synthetic"], results["real"], results["both"]
     height, width, channels = real_train[0].shape[1:]
-    model = classifier.build(channels, height, width, num_classes)
+    model = classifier.build(channels, height, width, num_classes, recipe)
     model.load_state_dict(state)
     return {
         "tstr_accuracy": tstr["accuracy"], "trtr_accuracy": trtr["accuracy"],
