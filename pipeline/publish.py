@@ -37,11 +37,13 @@ def annotation_fields(class_names: list[str], label_quality: bool) -> list[tuple
     return fields
 
 
-def image_schema(class_names: list[str], label_quality: bool = False) -> pa.Schema:
-    """Arrow schema of a published shard, with the HF features in its metadata."""
+def image_schema(class_names: list[str], label_quality: bool = False, labelled: bool = True) -> pa.Schema:
+    """Arrow schema of a published shard, with the HF features in its metadata (an unlabelled
+    dataset's rows have no label columns)."""
+    label_fields = [("label", pa.int64(), {"names": list(class_names), "_type": "ClassLabel"}),
+                    *annotation_fields(class_names, label_quality)] if labelled else []
     fields = [("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())]), {"_type": "Image"}),
-              ("label", pa.int64(), {"names": list(class_names), "_type": "ClassLabel"}),
-              *annotation_fields(class_names, label_quality),
+              *label_fields,
               *((name, pa.string(), {"dtype": "string", "_type": "Value"})
                 for name in ("origin", "source_ref", "generator"))]
     features = {name: feature for name, _, feature in fields}
@@ -151,6 +153,10 @@ class Card:
     metrics: dict[str, Any] = field(default_factory=dict)
     lineage_summary: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def unlabelled(self) -> bool:
+        return bool(self.annotation.get("unlabelled"))
+
 
 ANNOTATIONS_CREATORS = {"given": "found", "rule": "machine-generated", "model": "machine-generated",
                         "human": "expert-generated"}
@@ -158,6 +164,8 @@ ANNOTATIONS_CREATORS = {"given": "found", "rule": "machine-generated", "model": 
 
 
 def annotations_creators(annotation: dict[str, Any]) -> list[str]:
+    if annotation.get("unlabelled"):
+        return ["no-annotation"]
     return list(dict.fromkeys(ANNOTATIONS_CREATORS[s] for s in annotation.get("label_sources", {"given": 1})))
 
 
@@ -187,7 +195,8 @@ def render_card(card: Card) -> str:
     if card.synthetic_rows:
         configs.append({"config_name": "synthetic", "data_files": [{"split": "train", "path": "synthetic/train-*.parquet"}]})
         infos.append({"config_name": "synthetic", "features": features_yaml(card.schema)})
-    header = yaml.safe_dump({"configs": configs, "dataset_info": infos, "task_categories": ["image-classification"],
+    task = "unconditional-image-generation" if card.unlabelled else "image-classification"
+    header = yaml.safe_dump({"configs": configs, "dataset_info": infos, "task_categories": [task],
                              "annotations_creators": annotations_creators(card.annotation),
                              "tags": ["datakiln", "synthetic"]}, sort_keys=False)
     lines = [
@@ -201,7 +210,7 @@ def render_card(card: Card) -> str:
         "## Contents", "", "| config | split | rows |", "| --- | --- | --- |",
         *(f"| default | {s} | {n} |" for s, n in card.split_rows.items()),
         f"| synthetic | train | {card.synthetic_rows} |", "",
-        f"Classes ({len(card.class_names)}): {', '.join(card.class_names)}", "",
+        UNLABELLED_NOTE if card.unlabelled else f"Classes ({len(card.class_names)}): {', '.join(card.class_names)}", "",
     ]
     if card.rejected_by_reason:
         lines += ["## Rejected records", "", "| reason | rows |", "| --- | --- |",
@@ -210,22 +219,32 @@ def render_card(card: Card) -> str:
         lines += ["Near duplicates dropped (kept image left, dropped image right; Hamming distance of the",
                   "perceptual hashes above each pair); the full list is in `lineage.json` and the run's rejects:",
                   "", "![near duplicates](near_duplicates.png)", ""]
-    if card.annotation:
+    if card.annotation and not card.unlabelled:
         lines += annotation_lines(card.annotation, "exported as Label Studio tasks to the run directory's `review/`")
     if card.metrics:
         lines += ["## Quality of the synthetic data", "", *READING_GUIDE, "",
                   "| metric | synthetic | floor (real train vs real test) |", "| --- | --- | --- |",
                   *(_metric_row(k, card.metrics) for k in card.metrics
                     if not k.endswith(("_floor", "_real")) and isinstance(card.metrics[k], (int, float))), "",
-                  "![per-class recall](utility.png)", "", "![class means](class_means.png)", ""]
+                  *(UNLABELLED_METRICS if card.unlabelled else ["![per-class recall](utility.png)", ""]),
+                  "![class means](class_means.png)", ""]
     if card.synthetic_rows:
-        lines += ["## Samples", "", "Each row is one class: real examples on the left, synthetic on the right.", "",
+        rows = ("Real examples on the left, synthetic on the right." if card.unlabelled
+                else "Each row is one class: real examples on the left, synthetic on the right.")
+        lines += ["## Samples", "", rows, "",
                   "![samples](samples.png)", "", "Training losses per epoch:", "", "![losses](losses.png)", ""]
     lines += ["## Lineage", "", "```json",
               json.dumps(card.lineage_summary, indent=2), "```", "", "Full record: `lineage.json`.", ""]
     return "\n".join(lines)
 
 
+UNLABELLED_NOTE = ("No labels: the images are one set (no class sub-folders or label column), "
+                   "and the synthetic images come from an unconditional generator.")
+UNLABELLED_METRICS = [
+    "Not computed, because they need classes: TSTR / TRTR, `augment_gain`, per-class recall and the",
+    "domain Inception Score. The distances and precision / recall / density / coverage use a feature",
+    "extractor trained self-supervised on the real train split (the same network predicting how each",
+    "image was rotated), so they still compare synthetic with real images.", ""]
 READING_GUIDE = [
     "How to read these numbers. **Utility**: a fixed small CNN trained on synthetic data and tested on",
     "the real test split (TSTR) against the same recipe trained on real data (TRTR); `tstr_ratio` near",

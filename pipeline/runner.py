@@ -320,7 +320,7 @@ def _run(spec: Spec, address: str | None, fresh: bool, spec_hash: str, code_vers
     with _timed(timings, "annotate"):
         classifier = ImageClassifier(stage.pixels()) if needs_classifier(spec.annotate) else None
         annotation = annotate(spec.annotate, stage.keys, reasons, stage.keys["label"], read_human_labels(run_dir),
-                              classifier, spec.seed)
+                              classifier, spec.seed, unlabelled=_is_unlabelled(spec, stage.keys["label"]))
         class_names = annotation.class_names
         log("annotate", annotation.summary())
         if len(annotation.review):
@@ -372,18 +372,21 @@ def _run(spec: Spec, address: str | None, fresh: bool, spec_hash: str, code_vers
                                              num_classes, spec.evaluate.classifier_epochs, spec.seed,
                                              k=spec.evaluate.k, copy_fraction=spec.evaluate.copy_fraction,
                                              inception_weights=spec.evaluate.inception_weights,
+                                             classifier_recipe=spec.evaluate.classifier,
+                                             labelled=not annotation.unlabelled,
                                              step=lambda name: progress.update(progress.done + 1, computing=name))
                 metrics.update(evaluation.metrics)
                 lineage_checkpoint["feature_extractor_sha256"] = evaluation.extractor_sha256
                 if inception_sha256:
                     lineage_checkpoint["inception_weights_sha256"] = inception_sha256
                 progress.close(", ".join(f"{key} {metrics[key]:.4g}" for key in (
-                    "tstr_ratio", "fid_domain", "precision", "recall", "nn_copy_fraction")))
+                    "tstr_ratio", "fid_domain", "precision", "recall", "nn_copy_fraction") if key in metrics))
 
     failures = failed_gates(applicable_gates(spec.evaluate.gates, spec.synthesize.enabled), metrics)
     target, staging = publish_locations(spec, run_dir, run_id, bool(failures))
     with _timed(timings, "publish"):
-        schema_arrow = publish.image_schema(class_names, label_quality=annotation.issue is not None)
+        schema_arrow = publish.image_schema(class_names, label_quality=annotation.issue is not None,
+                                            labelled=not annotation.unlabelled)
         shards = stage.shard_groups(spec.publish.rows_per_shard) + (
             -(-synthetic.count() // spec.publish.rows_per_shard) if synthetic is not None else 0)
         progress = publish.ShardProgress(CONSOLE.progress("publish", shards, "shards"))
@@ -474,10 +477,18 @@ def _put_plot(staging: io.Location, name: str, draw) -> None:
         staging.fs.put_file(local, staging.join(name).path)
 
 
+def _is_unlabelled(spec: Spec, given: pa.ChunkedArray) -> bool:
+    """The spec's `annotate.unlabelled`, or by default: an image folder with no class sub-folders."""
+    if spec.annotate.unlabelled is not None:
+        return spec.annotate.unlabelled
+    return spec.source.format == "images" and not any(given.to_pylist())
+
+
 def _write_report_plots(staging: io.Location, evaluation, class_names: list[str]) -> None:
     metrics = evaluation.metrics
-    _put_plot(staging, "utility.png", lambda path: plots.utility_bars(
-        metrics["tstr_per_class_recall"], metrics["trtr_per_class_recall"], class_names, path))
+    if "tstr_per_class_recall" in metrics:
+        _put_plot(staging, "utility.png", lambda path: plots.utility_bars(
+            metrics["tstr_per_class_recall"], metrics["trtr_per_class_recall"], class_names, path))
     _put_plot(staging, "class_means.png", lambda path: plots.class_means(
         evaluation.class_means["real"], evaluation.class_means["synthetic"], class_names, path))
 

@@ -164,6 +164,16 @@ class AnnotateSpec(_Section):
     `datakiln annotate import` override them all. Rows left unlabelled are rejected."""
     label_quality: LabelQualitySpec | None = None
     """Confident learning on out-of-fold probabilities: flag likely mislabelled rows."""
+    unlabelled: bool | None = None
+    """`true`: the images have no labels; every row belongs to one set, the generator is
+    unconditional, and the metrics that need classes are skipped. Default: true for an
+    `images` folder in which no file sits in a class sub-folder, else false."""
+
+    @model_validator(mode="after")
+    def _labels_or_none(self) -> AnnotateSpec:
+        if self.unlabelled and self.label_quality is not None:
+            raise ValueError("annotate.label_quality: an unlabelled dataset has no labels to check")
+        return self
 
 
 class SplitSpec(_Section):
@@ -249,7 +259,11 @@ def _check_model_settings(syn: SynthesizeSpec) -> None:
 class EvaluateSpec(_Section):
     enabled: bool = True
     classifier_epochs: int = Field(default=5, ge=1)
-    """Epochs of the fixed small-CNN recipe used for TSTR, TRTR and the feature extractor."""
+    """Epochs of the fixed classifier recipe used for TSTR, TRTR and the feature extractor."""
+    classifier: Literal["auto", "small", "photo"] = "auto"
+    """The fixed classifier's recipe: `small` (two convolutions, no augmentation), `photo`
+    (a batch-normalised convolution per octave, trained with random crops and flips);
+    `auto` takes `photo` for colour images and `small` for grey ones."""
     k: int = Field(default=3, ge=1)
     """Neighbours for precision/recall/density/coverage."""
     copy_fraction: float = Field(default=0.1, gt=0, le=1)

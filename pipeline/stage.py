@@ -276,7 +276,8 @@ def _publish_group(batch: dict[str, np.ndarray], stage: io.Location, out: io.Loc
             pngs = pa.array([kept[i] or encode_png(images[i]) for i in rows], pa.binary())
             at = offset + rows
             values = {name: pa.array(columns[name][at], schema.field(name).type)
-                      for name in ("label", "label_confidence", "label_issue", "suggested_label") if name in columns}
+                      for name in ("label", "label_confidence", "label_issue", "suggested_label")
+                      if name in columns and name in schema.names}
             tables[split].append(pa.table({
                 "image": pa.StructArray.from_arrays([pngs, pa.nulls(count, pa.string())], names=["bytes", "path"]),
                 **values, "label_source": pa.array([SOURCES[c] for c in columns["label_source"][at]], pa.string()),

@@ -139,3 +139,54 @@ def test_too_many_rejects_fail_the_run_and_publish_nothing(tmp_path):
     with pytest.raises(GateError, match=r"preprocess.max_reject_fraction: 4/44 rows rejected \(9.1% > 5.0%\)"):
         run(_folder_spec(tmp_path, tmp_path / "out", preprocess={"max_reject_fraction": 0.05}))
     assert not (tmp_path / "out").exists()
+
+
+def _photo_folder(root, n=48, size=24, classes=("red", "blue")):
+    """RGB photos-to-be: a coloured square on noise; in class folders, or at the root with `classes=()`."""
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        image = rng.integers(0, 60, size=(size, size, 3)).astype(np.uint8)
+        image[4:size - 4, 4:size - 4, i % 2 * 2] = rng.integers(160, 255)  # red (0) or blue (2) square
+        folder = root / classes[i % 2] if classes else root
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i:03d}.png").write_bytes(png_bytes(image))
+
+
+def _tiny_photos_overrides(tmp_path, photos):
+    return [f"source.path={photos}", "synthesize.epochs=1", "synthesize.batch_size=16", "synthesize.samples_per_class=10",
+            "synthesize.sample_steps=2", "synthesize.options.width=8", "evaluate.classifier_epochs=1",
+            f"publish.to={tmp_path / 'out'}", f"run_root={tmp_path / 'runs'}"]
+
+
+def test_the_photos_spec_resized_to_64_runs_end_to_end(tmp_path):
+    _photo_folder(tmp_path / "photos")
+    spec = load_spec(str(ROOT / "examples" / "photos.yaml"),
+                     _tiny_photos_overrides(tmp_path, tmp_path / "photos") + ["preprocess.ops.2.size=64"])
+    run(spec)
+    real = load_published(str(tmp_path / "out"), tmp_path=tmp_path)
+    synthetic = load_published(str(tmp_path / "out"), "synthetic", tmp_path=tmp_path)["train"]
+    for image in (real["train"][0]["image"], synthetic[0]["image"]):
+        assert image.size == (64, 64) and image.mode == "RGB"
+    assert len(synthetic) == 20 and synthetic[0]["generator"].startswith("cflow-")
+    assert real["train"].features["label"].names == ["blue", "red"]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert 0 <= metrics["trtr_accuracy"] <= 1 and metrics["fid_domain_floor"] >= 0
+
+
+def test_an_unlabelled_folder_publishes_an_unconditional_synthetic_config(tmp_path):
+    _photo_folder(tmp_path / "photos", classes=())
+    spec = load_spec(str(ROOT / "examples" / "photos.yaml"), _tiny_photos_overrides(tmp_path, tmp_path / "photos"))
+    report = run(spec)
+    out = tmp_path / "out"
+    real = load_published(str(out), tmp_path=tmp_path)
+    synthetic = load_published(str(out), "synthetic", tmp_path=tmp_path)["train"]
+    assert "label" not in real["train"].features and "label" not in synthetic.features
+    assert len(real["train"]) + len(real["test"]) == 48 and len(synthetic) == 10
+    assert synthetic[0]["image"].size == (32, 32) and set(synthetic["origin"]) == {"synthetic"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"fid_domain", "fid_domain_floor", "precision", "recall", "density", "coverage", "nn_copy_fraction"} <= set(metrics)
+    assert not {"tstr_accuracy", "trtr_accuracy", "is_domain"} & set(metrics)
+    card = (out / "README.md").read_text()
+    assert "unconditional-image-generation" in card and "no-annotation" in card and "No labels" in card
+    assert "rotated" in card and "utility.png" not in card
+    assert report.lineage["annotation"]["unlabelled"] is True and report.lineage["rows"]["rows_rejected"] == 0

@@ -37,6 +37,12 @@ def test_defaults_fill_operator_params():
     (["preprocess.ops.1.colour=L"], "preprocess.ops.1.colour: unknown key"),
     (["source.format=idx"], "source.labels is required for format 'idx'"),
     (["split.test_fraction=1.5"], "split.test_fraction: Input should be less than 1"),
+    (["synthesize.options.widht=8"], "synthesize.options.widht: not a setting of the 'cvae' model "
+                                     "(its settings: latent_dim, width, hidden, learning_rate)"),
+    (["synthesize.model=cflow", "synthesize.latent_dim=8"], "synthesize.latent_dim: the 'cflow' model has no latent_dim"),
+    (["synthesize.guidance=2"], "synthesize.guidance: the 'cvae' model has no guidance"),
+    (["annotate.unlabelled=true", "annotate.label_quality.action=keep"],
+     "annotate.label_quality: an unlabelled dataset has no labels to check"),
 ])
 def test_errors_name_the_key_path(overrides, message):
     with pytest.raises(SpecError) as err:

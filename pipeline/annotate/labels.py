@@ -27,6 +27,8 @@ from pipeline.errors import SpecError
 from pipeline.spec import AnnotateSpec, LabelerSpec, RuleSpec
 
 SOURCES = ("given", "rule", "model", "human")
+UNLABELLED_CLASS = "image"
+"""The one class of an unlabelled dataset (internal: its published rows carry no label)."""
 """`label_source` values: from the label column, from a path/rules labeler, a model
 pseudo-label, or a human review."""
 
@@ -73,7 +75,13 @@ class Annotation:
             return {}
         return {"label_issues_flagged": quality["flagged"], "label_noise_estimate": quality["noise_estimate"]}
 
+    @property
+    def unlabelled(self) -> bool:
+        return bool(self.report.get("unlabelled"))
+
     def summary(self) -> str:
+        if self.unlabelled:
+            return f"no labels: {int((self.label >= 0).sum()):,} images as one set (unconditional generation)"
         names = self.class_names
         line = f"{len(names)} classes: {', '.join(names[:20])}{' …' if len(names) > 20 else ''}; labels from " + \
             ", ".join(f"{s} {n}" for s, n in self.report["label_sources"].items())
@@ -165,13 +173,19 @@ def class_set(spec: AnnotateSpec, raw: list[Any]) -> LabelSet:
 
 
 def annotate(spec: AnnotateSpec, rows: pa.Table, reasons: np.ndarray, given: pa.ChunkedArray,
-             human: dict[str, str], classifier: Classifier | None, seed: int) -> Annotation:
+             human: dict[str, str], classifier: Classifier | None, seed: int, unlabelled: bool = False) -> Annotation:
     """Label every live row (marking `reasons` of rows that stay unlabelled or are dropped).
 
     `rows` holds `source_ref` (and, for tables, the columns rules read); `given` is the label
-    column's raw values.
+    column's raw values. An `unlabelled` dataset puts every live row in its one class.
     """
     count = len(reasons)
+    if unlabelled:
+        label = np.where(reasons == "", 0, -1).astype(np.int64)
+        annotation = Annotation([UNLABELLED_CLASS], label, np.full(count, "", dtype=object),
+                                np.zeros(count, dtype=np.float32), report={"unlabelled": True, "label_sources": {}})
+        annotation.given = label.copy()
+        return annotation
     raw: list[Any] = [None] * count
     source = np.full(count, "", dtype=object)
     confidence = np.zeros(count, dtype=np.float32)
