@@ -32,19 +32,27 @@ def mnist() -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def plain_loop(images, labels, model_name: str, epochs: int, batch_size: int) -> float:
+def schema_of(images: np.ndarray, labels: np.ndarray):
+    """The ImageSchema of uint8 (N, H, W, C) images with integer labels 0..K-1."""
+    from synth.models.base import ImageSchema
+
+    return ImageSchema(images.shape[1], images.shape[2], images.shape[3], int(labels.max()) + 1)
+
+
+def plain_loop(images, labels, model_name: str, epochs: int, batch_size: int,
+               settings: dict | None = None) -> float:
     """Steady-state images/s (epochs after the first) of a plain in-memory PyTorch loop."""
     import torch
 
     from synth.models import get_model
-    from synth.models.base import ImageSchema, with_defaults
+    from synth.models.base import with_defaults
     from synth.step import to_model_input
 
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
     model = get_model(model_name)
-    config = with_defaults(model, {})
-    networks = model.build(ImageSchema(28, 28, 1, 10), config)
+    config = with_defaults(model, settings or {})
+    networks = model.build(schema_of(images, labels), config)
     optimizers = model.optimizers(networks, config)
     data = {"image": torch.from_numpy(images), "label": torch.from_numpy(labels)}
     rates = []
@@ -59,7 +67,8 @@ def plain_loop(images, labels, model_name: str, epochs: int, batch_size: int) ->
     return float(np.median(rates[1:]))
 
 
-def plain_loop_in_ray_train(images, labels, model_name: str, epochs: int, batch_size: int) -> float:
+def plain_loop_in_ray_train(images, labels, model_name: str, epochs: int, batch_size: int,
+                            settings: dict | None = None) -> float:
     """`plain_loop`, run as the training function of a 1-worker Ray Train job."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -67,7 +76,7 @@ def plain_loop_in_ray_train(images, labels, model_name: str, epochs: int, batch_
     from cluster.runtime import connect
 
     def train_fn(config):
-        rate = plain_loop(images, labels, model_name, epochs, batch_size)
+        rate = plain_loop(images, labels, model_name, epochs, batch_size, settings)
         with open(config["out"], "w") as handle:  # Ray Train 2.60 keeps only checkpointed metrics
             handle.write(str(rate))
 
@@ -80,7 +89,8 @@ def plain_loop_in_ray_train(images, labels, model_name: str, epochs: int, batch_
             return float(handle.read())
 
 
-def ray_loop(images, labels, model_name: str, epochs: int, batch_size: int) -> tuple[float, float, float]:
+def ray_loop(images, labels, model_name: str, epochs: int, batch_size: int,
+             settings: dict | None = None) -> tuple[float, float, float]:
     """Steady-state images/s, seconds from `fit` to the training loop's start, and `fit`'s
     whole wall time, through Ray Train."""
     import ray
@@ -88,7 +98,7 @@ def ray_loop(images, labels, model_name: str, epochs: int, batch_size: int) -> t
 
     from cluster.runtime import configure_data_context, connect
     from synth.models import get_model
-    from synth.models.base import ImageSchema, with_defaults
+    from synth.models.base import with_defaults
     from synth.train import TrainConfig, fit
 
     connect()
@@ -96,10 +106,11 @@ def ray_loop(images, labels, model_name: str, epochs: int, batch_size: int) -> t
     dataset = ray.data.range(len(labels), override_num_blocks=4).map_batches(
         lambda batch: {"image": images[batch["id"]], "label": labels[batch["id"]]}).materialize()
     with tempfile.TemporaryDirectory() as folder:
-        config = TrainConfig(model=model_name, model_config=with_defaults(get_model(model_name), {}), epochs=epochs,
+        config = TrainConfig(model=model_name, model_config=with_defaults(get_model(model_name), settings or {}),
+                             epochs=epochs,
                              batch_size=batch_size, seed=0, attempts_uri=os.path.join(folder, "attempts"))
         began, wall = time.perf_counter(), time.time()
-        result = fit(dataset, ImageSchema(28, 28, 1, 10), config, workers=1, use_gpu=False,
+        result = fit(dataset, schema_of(images, labels), config, workers=1, use_gpu=False,
                      storage_path=os.path.join(folder, "train"), run_name="overhead", max_failures=0,
                      model_dir=os.path.join(folder, "model"))
         total = time.perf_counter() - began
