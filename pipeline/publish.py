@@ -246,8 +246,9 @@ UNLABELLED_METRICS = [
     "extractor trained self-supervised on the real train split (the same network predicting how each",
     "image was rotated), so they still compare synthetic with real images.", ""]
 READING_GUIDE = [
-    "How to read these numbers. **Utility**: a fixed small CNN trained on synthetic data and tested on",
-    "the real test split (TSTR) against the same recipe trained on real data (TRTR); `tstr_ratio` near",
+    "How to read these numbers. **Utility**: a fixed CNN (`small` for grey images, `photo` with crops and",
+    "flips for colour ones) trained on synthetic data and tested on the real test split (TSTR) against",
+    "the same recipe trained on real data (TRTR); `tstr_ratio` near",
     "1 means the synthetic data teaches as much as the real data; `augment_gain` is the accuracy",
     "change from adding the synthetic set to the real one. **Distances** are measured in the feature",
     "space of that real-trained classifier (nothing downloaded): `fid_domain`/`kid_domain` (lower is",

@@ -27,7 +27,7 @@ def _bars(n=60):
 def _setup(name):
     torch.manual_seed(0)
     model = get_model(name)
-    config = with_defaults(model, {"latent_dim": 4})
+    config = with_defaults(model, {"latent_dim": 4, "width": 16})
     networks = model.build(SCHEMA, config)
     return model, config, networks, model.optimizers(networks, config)
 
