@@ -113,7 +113,6 @@ class _UNet(nn.Module):
             self.up.append(blocks)
             self.up_attention.append(attention)
             self.upsample.append(nn.Identity() if level == 0 else nn.Conv2d(current, current, 3, padding=1))
-        self.skips_left = len(skips)
         self.norm = nn.GroupNorm(_groups(widths[0]), widths[0])
         self.out = nn.Conv2d(widths[0], schema.channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
