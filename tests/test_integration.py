@@ -19,7 +19,8 @@ pytestmark = pytest.mark.integration
 def test_mnist_subset_end_to_end(tmp_path):
     spec = load_spec(str(ROOT / "examples" / "mnist.yaml"), [
         f"source.path={MNIST_IMAGES}", f"source.labels={MNIST_LABELS}", "source.limit=1500",
-        "synthesize.epochs=2", "synthesize.samples_per_class=12", "evaluate.classifier_epochs=3",
+        "synthesize.epochs=2", "synthesize.samples_per_class=12", "synthesize.options.width=16",
+        "evaluate.classifier_epochs=3",
         f"publish.to={tmp_path / 'out'}", f"run_root={tmp_path / 'runs'}", "publish.rows_per_shard=500",
     ])
     report = run(spec)
