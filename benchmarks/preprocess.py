@@ -16,9 +16,11 @@ with the label and a source reference.
 Each contender runs in its own process; peak memory is the largest sum of PSS over that
 process and all its descendants (Ray's raylet, GCS and workers included), sampled every
 0.2 s. With `--memory-scale 10` datakiln also runs on 10× the images to show memory stays
-bounded. Last line: one JSON object.
+bounded. The VM is noisy, so the contenders run interleaved in `--rounds` rounds (each round
+in a rotated order) and the figures are medians, with the range of the per-round ratios.
+Last line: one JSON object.
 
-    python benchmarks/preprocess.py [--images 100000] [--memory-scale 10] [--keep DIR]
+    python benchmarks/preprocess.py [--images 100000] [--rounds 3] [--memory-scale 10] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -265,11 +267,16 @@ def measure(contender: str, root: str, work: str) -> dict:
     return result
 
 
+def _median(values: list[float]) -> float:
+    return float(np.median(values))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--memory-scale", type=int, default=0, help="also run datakiln on this many times the images")
     parser.add_argument("--contenders", default="single,datasets_map,datakiln")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are their medians")
     parser.add_argument("--keep", help="folder for the generated inputs (reused across runs)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
@@ -283,16 +290,22 @@ def main() -> None:
     began = time.perf_counter()
     make_input(root, args.images)
     print(f"input: {args.images} PNG files under {root} ({time.perf_counter() - began:.0f} s to make)", flush=True)
-    results = {name: measure(name, root, work) for name in args.contenders.split(",")}
-    figures: dict = {"images": args.images, "cpus": os.cpu_count()}
-    for name, result in results.items():
-        figures[f"{name}_images_per_s"] = round(result["images_per_s"], 1)
-        figures[f"{name}_peak_pss_mib"] = round(result["peak_pss_mib"], 1)
-    if "single" in results and "datakiln" in results:
-        figures["speedup_vs_single"] = round(results["datakiln"]["images_per_s"] / results["single"]["images_per_s"], 3)
-    if "datasets_map" in results and "datakiln" in results:
-        figures["speedup_vs_datasets_map"] = round(
-            results["datakiln"]["images_per_s"] / results["datasets_map"]["images_per_s"], 3)
+    names = args.contenders.split(",")
+    rounds: list[dict[str, dict]] = []
+    for index in range(args.rounds):
+        order = names[index % len(names):] + names[:index % len(names)]  # rotate: no contender always goes first
+        print(f"round {index + 1}/{args.rounds}: {', '.join(order)}", flush=True)
+        rounds.append({name: measure(name, root, work) for name in order})
+    figures: dict = {"images": args.images, "cpus": os.cpu_count(), "rounds": args.rounds}
+    for name in names:
+        figures[f"{name}_images_per_s"] = round(_median([r[name]["images_per_s"] for r in rounds]), 1)
+        figures[f"{name}_peak_pss_mib"] = round(_median([r[name]["peak_pss_mib"] for r in rounds]), 1)
+    for baseline, key in (("single", "speedup_vs_single"), ("datasets_map", "speedup_vs_datasets_map")):
+        if baseline in names and "datakiln" in names:
+            ratios = [r["datakiln"]["images_per_s"] / r[baseline]["images_per_s"] for r in rounds]
+            figures[key] = round(_median(ratios), 3)
+            figures[f"{key}_range"] = [round(min(ratios), 3), round(max(ratios), 3)]
+    results = rounds[-1]
     if args.memory_scale:
         big = os.path.join(work, f"pngs-{args.images * args.memory_scale}")
         make_input(big, args.images * args.memory_scale)
