@@ -137,7 +137,10 @@ def check_visible_from_every_node(folders: dict[str, str], timeout_s: float = 60
 
 
 def _import_pipeline() -> None:
-    import pipeline.stage  # noqa: F401
+    import importlib
+
+    for module in ("pipeline.ops", "pipeline.publish"):  # the row operators and the shard writer
+        importlib.import_module(module)
 
 
 def _warm_workers(count: int) -> None:

@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from collections.abc import Callable
+
 import numpy as np
+
+from pipeline import io
+
+
+def put_plot(staging: io.Location, name: str, draw: Callable[[str], None]) -> None:
+    """Draw a plot into a local file (`draw(path)`), then copy it into the staged dataset."""
+    with tempfile.TemporaryDirectory() as folder:
+        local = os.path.join(folder, name)
+        draw(local)
+        staging.fs.put_file(local, staging.join(name).path)
 
 
 def sample_grid(real: dict[str, np.ndarray], synthetic: dict[str, np.ndarray], class_names: list[str],
@@ -101,7 +115,7 @@ def column_distributions(real, synthetic, kinds: dict[str, str], path: str, max_
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from synth.metrics.tabular import CATEGORY_KINDS, NUMERIC_KINDS, _categories, _numbers
+    from synth.metrics.tabular import CATEGORY_KINDS, NUMERIC_KINDS, category_values, numeric_values
 
     names = [n for n, k in kinds.items() if k in NUMERIC_KINDS + CATEGORY_KINDS]
     cols = 4
@@ -109,14 +123,14 @@ def column_distributions(real, synthetic, kinds: dict[str, str], path: str, max_
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
         if kinds[name] in NUMERIC_KINDS:
-            a, b = _numbers(real[name], kinds[name]), _numbers(synthetic[name], kinds[name])
+            a, b = numeric_values(real[name], kinds[name]), numeric_values(synthetic[name], kinds[name])
             a, b = a[~np.isnan(a)], b[~np.isnan(b)]
             low, high = np.quantile(a, [0.005, 0.995]) if len(a) else (0, 1)
             bins = np.linspace(low, high if high > low else low + 1, 40)
             ax.hist(np.clip(a, low, high), bins=bins, alpha=0.5, density=True, label="real")
             ax.hist(np.clip(b, low, high), bins=bins, alpha=0.5, density=True, label="synthetic")
         else:
-            a, b = _categories(real[name]), _categories(synthetic[name])
+            a, b = category_values(real[name]), category_values(synthetic[name])
             values, counts = np.unique(a, return_counts=True)
             top = values[np.argsort(-counts)][:max_categories]
             x = np.arange(len(top))

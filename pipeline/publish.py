@@ -9,60 +9,42 @@ made visible only when complete.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray.data
-import yaml
 from PIL import Image
 
 from pipeline import io as dkio
-from pipeline.redact import redact
+from pipeline.redact import redact, redact_text
 
 
-def annotation_fields(class_names: list[str], label_quality: bool) -> list[tuple[str, pa.DataType, dict[str, Any]]]:
-    """The label provenance columns every published row carries: (name, Arrow type, HF feature)."""
-    fields = [("label_source", pa.string(), {"dtype": "string", "_type": "Value"}),
-              ("label_confidence", pa.float32(), {"dtype": "float32", "_type": "Value"})]
+def arrow_schema(features: dict[str, Any]) -> pa.Schema:
+    """The Arrow schema of a published shard, from its Hugging Face features (`datasets.Image`,
+    `ClassLabel`, `Value`, in column order); the features travel in the schema's metadata."""
+    import datasets
+
+    return datasets.Features(features).arrow_schema
+
+
+def annotation_features(class_names: list[str], label_quality: bool) -> dict[str, Any]:
+    """The label provenance columns every published labelled row carries, as HF features."""
+    import datasets
+
+    features = {"label_source": datasets.Value("string"), "label_confidence": datasets.Value("float32")}
     if label_quality:
-        fields += [("label_issue", pa.bool_(), {"dtype": "bool", "_type": "Value"}),
-                   ("suggested_label", pa.int64(), {"names": list(class_names), "_type": "ClassLabel"})]
-    return fields
+        features.update(label_issue=datasets.Value("bool"), suggested_label=datasets.ClassLabel(names=list(class_names)))
+    return features
 
 
-def image_schema(class_names: list[str], label_quality: bool = False, labelled: bool = True) -> pa.Schema:
-    """Arrow schema of a published shard, with the HF features in its metadata (an unlabelled
-    dataset's rows have no label columns)."""
-    label_fields = [("label", pa.int64(), {"names": list(class_names), "_type": "ClassLabel"}),
-                    *annotation_fields(class_names, label_quality)] if labelled else []
-    fields = [("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())]), {"_type": "Image"}),
-              *label_fields,
-              *((name, pa.string(), {"dtype": "string", "_type": "Value"})
-                for name in ("origin", "source_ref", "generator"))]
-    features = {name: feature for name, _, feature in fields}
-    return pa.schema([(name, arrow_type) for name, arrow_type, _ in fields],
-                     metadata={"huggingface": json.dumps({"info": {"features": features}})})
+def string_features(names: tuple[str, ...]) -> dict[str, Any]:
+    import datasets
 
-
-def features_yaml(schema: pa.Schema) -> list[dict[str, Any]]:
-    """The card's `dataset_info.features`, from the HF features in the schema's metadata."""
-    features = json.loads(schema.metadata[b"huggingface"])["info"]["features"]
-    rows = []
-    for name, feature in features.items():
-        if feature["_type"] == "Image":
-            rows.append({"name": name, "dtype": "image"})
-        elif feature["_type"] == "ClassLabel":
-            rows.append({"name": name, "dtype": {"class_label": {"names": dict(enumerate(feature["names"]))}}})
-        else:
-            rows.append({"name": name, "dtype": feature["dtype"]})
-    return rows
+    return {name: datasets.Value("string") for name in names}
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -71,28 +53,26 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _write_shard(batch: dict[str, np.ndarray], folder: dkio.Location, split: str, schema: pa.Schema) -> dict[str, np.ndarray]:
-    count = len(batch["label"])
-    if count == 0:
-        return {"file": np.array([], dtype=object), "rows": np.array([], dtype=np.int64),
-                "bytes": np.array([], dtype=np.int64)}
-    first_key = str(batch["source_ref"][0])
-    strings = ("label_source", "origin", "source_ref", "generator")
-    columns = {
-        "image": [{"bytes": encode_png(img), "path": None} for img in batch["image"]],
-        "label": batch["label"].tolist(),
-        # An all-null column arrives as float NaN from Ray's numpy batches: keep only strings.
-        **{name: [v if isinstance(v, str) else None for v in batch[name]] for name in strings},
-    }
-    columns.update({name: [None] * count for name in schema.names if name not in columns})  # e.g. label_confidence
-    table = pa.Table.from_pydict(columns, schema=schema)
-    name = f"part-{split}-{hashlib.blake2b(first_key.encode(), digest_size=8).hexdigest()}.parquet"
+def write_shard(table: pa.Table, folder: dkio.Location, name: str, row_group_size: int = 1000) -> tuple[str, int]:
+    """Write one Parquet shard `name` under `folder`; return its path and size in bytes. The
+    one shard writer of every modality: shards are written under a temporary name by the
+    task that makes them, then `number_shards` gives them their final names in order."""
     target = folder.join(name)
     with folder.fs.open(target.path, "wb") as handle:
-        pq.write_table(table, handle, row_group_size=1000)
+        pq.write_table(table, handle, row_group_size=row_group_size)
         size = handle.tell()
-    return {"file": np.array([target.path], dtype=object), "rows": np.array([count], dtype=np.int64),
-            "bytes": np.array([size], dtype=np.int64)}
+    return target.path, size
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    """`{split}-NNNNN-of-NNNNN.parquet`: the names `datasets.load_dataset` groups into splits."""
+    return f"{split}-{index:05d}-of-{count:05d}.parquet"
+
+
+def number_shards(folder: dkio.Location, split: str, paths: list[str]) -> None:
+    """Rename the written shards of one split, in order, to their final names."""
+    for index, path in enumerate(paths):
+        folder.fs.mv(path, folder.join(shard_name(split, index, len(paths))).path)
 
 
 class ShardProgress:
@@ -114,33 +94,10 @@ def _size(count: int) -> str:
     return f"{count / 2**20:.1f} MiB" if count >= 2**20 else f"{count / 2**10:.0f} KiB"
 
 
-def write_split(dataset: ray.data.Dataset, folder: dkio.Location, split: str, schema: pa.Schema,
-                rows_per_shard: int, on_shard: Callable[[int, int], None] = lambda rows, size: None) -> int:
-    """Write one split as ordered shards `{split}-NNNNN-of-NNNNN.parquet` of `rows_per_shard`
-    rows (the last may hold fewer); return its row count. `on_shard(rows, bytes)` as each
-    shard is written.
-
-    Needs an order-preserving execution (`cluster.runtime.configure_data_context` sets it): rows
-    keep the source order, so the same input gives byte-identical shards. One streaming pass:
-    consecutive blocks are cut and joined into shards without a shuffle.
-    """
-    folder.fs.makedirs(folder.path, exist_ok=True)
-    written = dataset.repartition(target_num_rows_per_block=rows_per_shard, strict=True).map_batches(
-        _write_shard, fn_kwargs={"folder": folder, "split": split, "schema": schema}, batch_size=None,
-        batch_format="numpy")
-    parts = []
-    for part in written.iter_rows():  # one small row per shard, in dataset order
-        if int(part["rows"]):
-            parts.append(part)
-            on_shard(int(part["rows"]), int(part["bytes"]))
-    for index, part in enumerate(parts):
-        folder.fs.mv(part["file"], folder.join(f"{split}-{index:05d}-of-{len(parts):05d}.parquet").path)
-    return sum(int(p["rows"]) for p in parts)
-
-
 @dataclass
 class Card:
-    """What the dataset card says besides the data itself."""
+    """What the dataset card says besides the data itself: the counts and records every run
+    has, and what the run's modality adds (its task, its sections and plots)."""
 
     name: str
     class_names: list[str]
@@ -148,10 +105,27 @@ class Card:
     synthetic_rows: int
     schema: pa.Schema
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
-    near_duplicate_pairs: int = 0
     annotation: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     lineage_summary: dict[str, Any] = field(default_factory=dict)
+    task: str = "image-classification"
+    """Hugging Face's `task_categories` entry."""
+    tags: tuple[str, ...] = ("datakiln", "synthetic")
+    about: tuple[str, ...] = ("generated samples in the `synthetic` config. Every row has `origin` (`real`/`synthetic`);",
+                              "real rows have `source_ref` pointing at their source record.")
+    """What the dataset holds, after "real curated splits in the default config," (lines)."""
+    classes: str = ""
+    """The line naming the classes (default: their count and names)."""
+    curation: list[str] = field(default_factory=list)
+    """Lines after the rejected records (e.g. near duplicates)."""
+    label_plot: bool = False
+    """Whether the Labels section shows `label_issues.png`."""
+    reading_guide: list[str] = field(default_factory=list)
+    """How to read the metrics (lines before their table)."""
+    quality_plots: list[str] = field(default_factory=list)
+    """Lines after the metrics table (plots)."""
+    sections: list[str] = field(default_factory=list)
+    """The modality's own sections, before the lineage."""
 
     @property
     def unlabelled(self) -> bool:
@@ -188,76 +162,57 @@ def annotation_lines(annotation: dict[str, Any], review_hint: str, plot: bool = 
     return lines
 
 
-def render_card(card: Card) -> str:
+def card_header(card: Card) -> str:
+    """The card's YAML header: the configs `datasets.load_dataset` reads and their features,
+    through `huggingface_hub.DatasetCardData` and `datasets`' own `dataset_info` writer."""
+    import datasets
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCardData
+
+    features = datasets.Features.from_arrow_schema(card.schema)
     configs = [{"config_name": "default", "data_files": [
         {"split": s, "path": f"data/{s}-*.parquet"} for s, n in card.split_rows.items() if n]}]
-    infos = [{"config_name": "default", "features": features_yaml(card.schema)}]
     if card.synthetic_rows:
         configs.append({"config_name": "synthetic", "data_files": [{"split": "train", "path": "synthetic/train-*.parquet"}]})
-        infos.append({"config_name": "synthetic", "features": features_yaml(card.schema)})
-    task = "unconditional-image-generation" if card.unlabelled else "image-classification"
-    header = yaml.safe_dump({"configs": configs, "dataset_info": infos, "task_categories": [task],
-                             "annotations_creators": annotations_creators(card.annotation),
-                             "tags": ["datakiln", "synthetic"]}, sort_keys=False)
+    data = DatasetCardData(configs=configs, task_categories=[card.task],
+                           annotations_creators=annotations_creators(card.annotation), tags=list(card.tags))
+    DatasetInfosDict({config["config_name"]: datasets.DatasetInfo(features=features, config_name=config["config_name"])
+                      for config in configs}).to_dataset_card_data(data)
+    return data.to_yaml()
+
+
+def render_card(card: Card) -> str:
+    """The dataset card (`README.md`) of every modality: header, contents, rejects, labels,
+    quality, the modality's own sections, lineage."""
     lines = [
-        "---", header.rstrip(), "---", "", f"# {card.name}", "",
+        "---", card_header(card).rstrip(), "---", "", f"# {card.name}", "",
         "Built by [datakiln](https://pypi.org/project/datakiln/): real curated splits in the default config,",
-        "generated samples in the `synthetic` config. Every row has `origin` (`real`/`synthetic`);",
-        "real rows have `source_ref` pointing at their source record.", "",
+        *card.about, "",
         "```python", "import datasets",
         "real = datasets.load_dataset(PATH)               # train / test",
         "synthetic = datasets.load_dataset(PATH, \"synthetic\")", "```", "",
         "## Contents", "", "| config | split | rows |", "| --- | --- | --- |",
         *(f"| default | {s} | {n} |" for s, n in card.split_rows.items()),
         f"| synthetic | train | {card.synthetic_rows} |", "",
-        UNLABELLED_NOTE if card.unlabelled else f"Classes ({len(card.class_names)}): {', '.join(card.class_names)}", "",
+        card.classes or f"Classes ({len(card.class_names)}): {', '.join(card.class_names)}", "",
     ]
     if card.rejected_by_reason:
         lines += ["## Rejected records", "", "| reason | rows |", "| --- | --- |",
                   *(f"| {r} | {n} |" for r, n in sorted(card.rejected_by_reason.items())), ""]
-    if card.near_duplicate_pairs:
-        lines += ["Near duplicates dropped (kept image left, dropped image right; Hamming distance of the",
-                  "perceptual hashes above each pair); the full list is in `lineage.json` and the run's rejects:",
-                  "", "![near duplicates](near_duplicates.png)", ""]
+    lines += card.curation
     if card.annotation and not card.unlabelled:
-        lines += annotation_lines(card.annotation, "exported as Label Studio tasks to the run directory's `review/`")
+        lines += annotation_lines(card.annotation, "exported as Label Studio tasks to the run directory's `review/`",
+                                  plot=card.label_plot)
     if card.metrics:
-        lines += ["## Quality of the synthetic data", "", *READING_GUIDE, "",
-                  "| metric | synthetic | floor (real train vs real test) |", "| --- | --- | --- |",
+        lines += ["## Quality of the synthetic data", "", *card.reading_guide, "",
+                  "| metric | synthetic | real (floor) |", "| --- | --- | --- |",
                   *(_metric_row(k, card.metrics) for k in card.metrics
                     if not k.endswith(("_floor", "_real")) and isinstance(card.metrics[k], (int, float))), "",
-                  *(UNLABELLED_METRICS if card.unlabelled else ["![per-class recall](utility.png)", ""]),
-                  "![class means](class_means.png)", ""]
-    if card.synthetic_rows:
-        rows = ("Real examples on the left, synthetic on the right." if card.unlabelled
-                else "Each row is one class: real examples on the left, synthetic on the right.")
-        lines += ["## Samples", "", rows, "",
-                  "![samples](samples.png)", "", "Training losses per epoch:", "", "![losses](losses.png)", ""]
+                  *card.quality_plots]
+    lines += card.sections
     lines += ["## Lineage", "", "```json",
-              json.dumps(card.lineage_summary, indent=2), "```", "", "Full record: `lineage.json`.", ""]
+              json.dumps(card.lineage_summary, indent=2, default=str), "```", "", "Full record: `lineage.json`.", ""]
     return "\n".join(lines)
-
-
-UNLABELLED_NOTE = ("No labels: the images are one set (no class sub-folders or label column), "
-                   "and the synthetic images come from an unconditional generator.")
-UNLABELLED_METRICS = [
-    "Not computed, because they need classes: TSTR / TRTR, `augment_gain`, per-class recall and the",
-    "domain Inception Score. The distances and precision / recall / density / coverage use a feature",
-    "extractor trained self-supervised on the real train split (the same network predicting how each",
-    "image was rotated), so they still compare synthetic with real images.", ""]
-READING_GUIDE = [
-    "How to read these numbers. **Utility**: a fixed CNN (`small` for grey images, `photo` with crops and",
-    "flips for colour ones) trained on synthetic data and tested on the real test split (TSTR) against",
-    "the same recipe trained on real data (TRTR); `tstr_ratio` near",
-    "1 means the synthetic data teaches as much as the real data; `augment_gain` is the accuracy",
-    "change from adding the synthetic set to the real one. **Distances** are measured in the feature",
-    "space of that real-trained classifier (nothing downloaded): `fid_domain`/`kid_domain` (lower is",
-    "better) are only meaningful next to their floor, the same distance between two real samples;",
-    "`precision` (realism), `recall` (coverage of the real variety), `density` and `coverage` are in",
-    "[0, 1] (density can exceed 1). `fid_inception`, when present, is the standard FID (Inception-v3",
-    "pool features from a local weights file), comparable with published FIDs. **Memorisation**: `dcr_ratio` well below 1 or a non-zero",
-    "`nn_copy_fraction` means the generator reproduces training images.",
-]
 
 
 def _metric_row(key: str, metrics: dict[str, Any]) -> str:
@@ -275,6 +230,12 @@ def card_lineage(spec_hash: str, inputs: list[dict[str, Any]], generator: dict[s
     shown_generator = None if generator is None else {
         k: v for k, v in generator.items() if k in ("generator_id", "sha256", "epochs", "steps", "restarts")}
     return {"spec_hash": spec_hash, "inputs": shown_inputs, "generator": shown_generator, "rows": rows}
+
+
+def write_card(staging: dkio.Location, card: str) -> None:
+    """Write the dataset card `README.md`, credentials masked (see `pipeline.redact`)."""
+    with staging.fs.open(staging.join("README.md").path, "w") as handle:
+        handle.write(redact_text(card))
 
 
 def write_json(loc: dkio.Location, payload: Any) -> None:

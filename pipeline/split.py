@@ -12,6 +12,9 @@ import hashlib
 
 import numpy as np
 
+SPLIT_CODES = {"train": 1, "test": 2}
+"""Per-row split codes of the curated rows (0 = rejected or pending review)."""
+
 
 def ref_hashes(refs) -> np.ndarray:
     """A 64-bit hash of each source reference (unseeded: computed once per row)."""
@@ -42,3 +45,8 @@ def in_test_split(hashes: np.ndarray, labels: np.ndarray, live: np.ndarray, seed
     is_test = np.zeros(len(live), dtype=bool)
     is_test[rows[order]] = rank < np.repeat(n_test, counts)
     return is_test
+
+
+def split_codes(live: np.ndarray, is_test: np.ndarray) -> np.ndarray:
+    """Each row's code in `SPLIT_CODES` (int8; 0 where the row is not live)."""
+    return np.where(live, np.where(is_test, SPLIT_CODES["test"], SPLIT_CODES["train"]), 0).astype(np.int8)

@@ -7,11 +7,6 @@ from typing import Any
 
 from pipeline.gates import failed_gates, parse_condition
 
-KEY_METRICS = {
-    "image": ("tstr_accuracy", "fid_domain", "precision", "recall", "nn_copy_fraction"),
-    "table": ("quality_score", "detection_auc", "tstr_f1", "dcr_ratio", "exact_copies"),
-}
-"""Shown in every summary of that kind of run (gated metrics are shown as well)."""
 REAL_FLOOR = {"fid_domain": "fid_domain_floor", "kid_domain": "kid_domain_floor", "precision": "precision_floor",
               "recall": "recall_floor", "density": "density_floor", "coverage": "coverage_floor",
               "tstr_accuracy": "trtr_accuracy", "tstr_f1": "trtr_f1"}
@@ -50,8 +45,9 @@ def load_lines(target: str, splits: list[str], synthetic: bool) -> list[str]:
     return [f"datasets.load_dataset('{location}')"] + [f"datasets.load_dataset('{location}', 'synthetic')"] * synthetic
 
 
-def summary_lines(kind: str, lineage: dict[str, Any], metrics: dict[str, Any], gates: dict[str, str], target: str,
+def summary_lines(key_metrics: tuple[str, ...], lineage: dict[str, Any], metrics: dict[str, Any], gates: dict[str, str], target: str,
                   failures: list[str], seconds: float) -> list[str]:
+    """The closing summary; `key_metrics` (the modality's) are shown besides the gated ones."""
     rows = lineage["rows"]
     rejected = rows["rows_rejected"]
     by_reason = ", ".join(f"{reason} {count:,}" for reason, count in rows["rejected_by_reason"].items())
@@ -69,7 +65,7 @@ def summary_lines(kind: str, lineage: dict[str, Any], metrics: dict[str, Any], g
         restarts = f" over {attempts} attempts (resumed from checkpoints)" if attempts > 1 else ""
         lines.append(f"  model    {checkpoint['generator_id']}: {checkpoint['epochs']} epochs, {checkpoint['steps']:,} "
                      f"steps in {_duration(train_s)}{restarts}")
-    shown = [m for m in KEY_METRICS.get(kind, ()) if m in metrics and m not in gates]
+    shown = [m for m in key_metrics if m in metrics and m not in gates]
     if gates:
         lines.append("  gates    " + " · ".join(_metric(name, metrics, gates) for name in gates))
     for start in range(0, len(shown), 3):

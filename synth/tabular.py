@@ -155,7 +155,7 @@ def _all_timestamps(values: pa.Array) -> bool:
     return True
 
 
-def _as_float(column: pa.ChunkedArray | pa.Array, kind: str) -> np.ndarray:
+def as_float(column: pa.ChunkedArray | pa.Array, kind: str) -> np.ndarray:
     """Numbers (datetimes as epoch seconds) as float64 with NaN for nulls."""
     if kind == "datetime":
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
@@ -182,7 +182,7 @@ class TableEncoder:
             kind, column = kinds[name], table[name]
             info = Column(name=name, kind=kind, arrow_type=str(column.type), nullable=column.null_count > 0)
             if kind in ("numeric", "datetime"):
-                values = _as_float(column, kind)
+                values = as_float(column, kind)
                 present = values[~np.isnan(values)]
                 info.integer = kind == "datetime" or pa.types.is_integer(column.type)
                 info.low, info.high = (float(present.min()), float(present.max())) if len(present) else (0.0, 0.0)
@@ -240,7 +240,7 @@ class TableEncoder:
             if column.kind == "id":
                 continue
             if column.kind in ("numeric", "datetime"):
-                parts.append(self._encode_number(column, _as_float(table[column.name], column.kind)))
+                parts.append(self._encode_number(column, as_float(table[column.name], column.kind)))
             else:
                 parts.append(self._encode_category(column, table[column.name].to_pylist()))
         return np.concatenate(parts, axis=1).astype(dtype) if parts else np.zeros((table.num_rows, 0), dtype)

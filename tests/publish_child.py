@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from pipeline import io, publish
 from pipeline.commit import commit
+from pipeline.modalities.image import image_schema
 
 CLASSES = ["left", "right"]
 ROWS_PER_SHARD = 2
@@ -28,7 +29,7 @@ def rows_of(version: int) -> dict[str, int]:
 
 
 def stage(target: io.Location, version: int, staging: io.Location) -> None:
-    schema = publish.image_schema(CLASSES)
+    schema = image_schema(CLASSES)
     image = {"bytes": publish.encode_png(np.zeros((4, 4, 1), np.uint8)), "path": None}
     counts = rows_of(version)
     for split, count in counts.items():

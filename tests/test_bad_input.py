@@ -187,13 +187,13 @@ def _shard(folder, name: str, table) -> None:
 
 
 def test_evaluate_on_what_it_cannot_compare_stops_with_one_line(tmp_path, capsys):
-    from pipeline import publish
+    from pipeline.modalities.image import image_schema
 
     _shard(tmp_path / "table" / "data", "train-00000-of-00001.parquet", pa.table({"age": [1, 2], "label": [0, 1]}))
     message = _one_line_error(capsys, main(["evaluate", "--real", str(tmp_path / "table")]))
     assert "train-00000-of-00001.parquet: no image and label columns (a table dataset?)" in message
 
-    schema = publish.image_schema(["a", "b"])
+    schema = image_schema(["a", "b"])
 
     def images(*cells):
         return pa.table({"image": [{"bytes": c, "path": None} for c in cells], "label": [0] * len(cells),
@@ -236,7 +236,7 @@ def test_bad_rows_past_the_first_block_become_rejects_not_a_stopped_run(tmp_path
     with the wrong number of fields) further on used to stop the whole run."""
     from pipeline import io as dkio
     from pipeline.sources import tables as readers
-    from pipeline.tables import _clean, _target_type
+    from pipeline.modalities.table import clean_block, target_type
     from synth.tabular import infer_kinds
 
     good = 200_000
@@ -255,10 +255,10 @@ def test_bad_rows_past_the_first_block_become_rejects_not_a_stopped_run(tmp_path
     sample = table.slice(0, 20_000).drop_columns(["source_ref"])
     kinds = infer_kinds(sample.drop_columns([c for c in sample.column_names if c == readers.READ_ERROR]),
                         {"label": "categorical"})
-    types = {name: _target_type(kind, sample[name]) for name, kind in kinds.items()}
+    types = {name: target_type(kind, sample[name]) for name, kind in kinds.items()}
     assert {n: types[n] for n in ("age", "score", "label")} == {"age": pa.int64(), "score": pa.float64(),
                                                                  "label": pa.string()}
-    cleaned = _clean(table, types, list(types))
+    cleaned = clean_block(table, types, list(types))
     reasons = [r for r in cleaned["reject_reason"].to_pylist() if r]
     assert cleaned.num_rows == good + 3 and len(reasons) == 3
     assert "clean: not a number ('thirty' in 'age')" in reasons

@@ -111,7 +111,7 @@ def _read_table_file(tmp_path, fmt: str, content: bytes, encoding: str = "utf8")
 
 def _clean_all(parts: list[pa.Table]) -> None:
     """Clean the read rows as a table run does: every row kept or rejected with a reason."""
-    from pipeline.tables import _clean
+    from pipeline.modalities.table import clean_block, target_type
     from synth.tabular import infer_kinds
 
     parts = [p for p in parts if p.num_rows]
@@ -122,10 +122,8 @@ def _clean_all(parts: list[pa.Table]) -> None:
         kinds = infer_kinds(table.drop_columns(["source_ref"]))
     except ValueError:
         return  # a column type the table models cannot take: the run refuses it (see test_bad_input)
-    from pipeline.tables import _target_type
-
-    types = {n: _target_type(k, table[n]) for n, k in kinds.items()}
-    cleaned = _clean(table, types, list(types))
+    types = {n: target_type(k, table[n]) for n, k in kinds.items()}
+    cleaned = clean_block(table, types, list(types))
     assert cleaned.num_rows == table.num_rows
     reasons = cleaned[REJECT_REASON].to_pylist()
     assert all(isinstance(r, str) for r in reasons)

@@ -7,6 +7,7 @@ import ray.data
 
 from pipeline import io, publish
 from pipeline.commit import commit
+from pipeline.modalities.image import image_schema, write_split
 from tests.conftest import load_published
 
 CLASSES = ["left", "right"]
@@ -20,12 +21,12 @@ def _rows(n, origin, start=0):
 
 
 def _publish(target, rows_per_shard=4):
-    schema = publish.image_schema(CLASSES)
+    schema = image_schema(CLASSES)
     staging = io.resolve(str(target) + ".staging")
     counts = {}
     for split, rows in (("train", _rows(10, "real")), ("test", _rows(3, "real", 100))):
-        counts[split] = publish.write_split(ray.data.from_items(rows), staging.join("data"), split, schema, rows_per_shard)
-    synthetic = publish.write_split(ray.data.from_items(_rows(6, "synthetic", 200)), staging.join("synthetic"), "train",
+        counts[split] = write_split(ray.data.from_items(rows), staging.join("data"), split, schema, rows_per_shard)
+    synthetic = write_split(ray.data.from_items(_rows(6, "synthetic", 200)), staging.join("synthetic"), "train",
                                     schema, rows_per_shard)
     card = publish.Card(name="t", class_names=CLASSES, split_rows=counts, synthetic_rows=synthetic, schema=schema,
                         metrics={"tstr_accuracy": 0.5})

@@ -1,9 +1,9 @@
 """Annotation: labelers (column, path, rules, model), label quality, and the human review
 round trip; every row ends with a class id, a `label_source` and a `label_confidence`."""
 
-from pipeline.annotate.classifiers import ImageClassifier, TableClassifier
-from pipeline.annotate.labels import PENDING_REVIEW, SOURCES, Annotation, LabelSet, annotate, needs_classifier
+from pipeline.annotate.labels import (PENDING_REVIEW, SOURCES, Annotation, Classifier, LabelSet, annotate,
+                                      needs_classifier)
 from pipeline.annotate.review import export_review, import_review, read_human_labels
 
-__all__ = ["PENDING_REVIEW", "SOURCES", "Annotation", "ImageClassifier", "LabelSet", "TableClassifier", "annotate", "export_review",
+__all__ = ["PENDING_REVIEW", "SOURCES", "Annotation", "Classifier", "LabelSet", "annotate", "export_review",
            "import_review", "needs_classifier", "read_human_labels"]

@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 import ray.data
 
-Split = tuple[np.ndarray, np.ndarray]
-"""uint8 images (N, H, W, C) and integer labels, in memory: evaluation sets are held-out and sample sets."""
+from synth.metrics.classifier import Split
 
 
 @dataclass

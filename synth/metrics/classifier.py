@@ -24,6 +24,9 @@ from typing import Any
 
 import numpy as np
 
+Split = tuple[np.ndarray, np.ndarray]
+"""uint8 images (N, H, W, C) and integer labels, in memory: evaluation sets are held-out and sample sets."""
+
 BATCH_SIZE = 128
 PEAK_LR = 3e-3
 FEATURES = 128

@@ -11,25 +11,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from synth.metrics.prdc import _sq_distances
-
-
-def closest_record_distance(queries: np.ndarray, records: np.ndarray, block: int = 1024) -> np.ndarray:
-    out = np.empty(len(queries))
-    for i in range(0, len(queries), block):
-        out[i:i + block] = np.sqrt(_sq_distances(queries[i:i + block], records).min(1))
-    return out
+from synth.metrics.neighbours import nearest_distance
 
 
 def memorisation(synthetic: np.ndarray, train: np.ndarray, holdout: np.ndarray,
                  copy_fraction: float = 0.1) -> dict[str, float]:
     """`dcr_ratio` (median synthetic DCR / median holdout DCR), `nn_copy_fraction`."""
-    synthetic_dcr = closest_record_distance(synthetic, train)
-    holdout_dcr = closest_record_distance(holdout, train)
+    synthetic_dcr = nearest_distance(synthetic, train, block=1024)
+    figures = closest_record_figures(synthetic_dcr, nearest_distance(holdout, train, block=1024))
+    return {**figures, "nn_copy_fraction": float(np.mean(synthetic_dcr < copy_fraction * figures["dcr_median_holdout"]))}
+
+
+def closest_record_figures(synthetic_dcr: np.ndarray, holdout_dcr: np.ndarray) -> dict[str, float]:
+    """Median distances to the closest training record of synthetic and of held-out real
+    rows, and their ratio (well below 1: the generator reproduces training records)."""
     reference = float(np.median(holdout_dcr))
-    return {
-        "dcr_median_synthetic": float(np.median(synthetic_dcr)),
-        "dcr_median_holdout": reference,
-        "dcr_ratio": float(np.median(synthetic_dcr) / max(reference, 1e-12)),
-        "nn_copy_fraction": float(np.mean(synthetic_dcr < copy_fraction * reference)),
-    }
+    return {"dcr_median_synthetic": float(np.median(synthetic_dcr)), "dcr_median_holdout": reference,
+            "dcr_ratio": float(np.median(synthetic_dcr) / max(reference, 1e-12))}

@@ -21,18 +21,20 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from synth.metrics.neighbours import nearest_distance
+from synth.metrics.privacy import closest_record_figures
+
 NUMERIC_KINDS = ("numeric", "datetime")
 CATEGORY_KINDS = ("categorical", "boolean")
-BLOCK = 2048
 
 
-def _numbers(column: pa.ChunkedArray, kind: str) -> np.ndarray:
-    from synth.tabular import _as_float
+def numeric_values(column: pa.ChunkedArray, kind: str) -> np.ndarray:
+    from synth.tabular import as_float
 
-    return _as_float(column, kind)
+    return as_float(column, kind)
 
 
-def _categories(column: pa.ChunkedArray) -> np.ndarray:
+def category_values(column: pa.ChunkedArray) -> np.ndarray:
     return np.array(["\0null" if v is None else str(v) for v in column.to_pylist()], dtype=object)
 
 
@@ -65,14 +67,14 @@ def quality(real: pa.Table, synthetic: pa.Table, kinds: dict[str, str]) -> dict[
     numbers = {}
     for name in columns:
         if kinds[name] in NUMERIC_KINDS:
-            a, b = _numbers(real[name], kinds[name]), _numbers(synthetic[name], kinds[name])
+            a, b = numeric_values(real[name], kinds[name]), numeric_values(synthetic[name], kinds[name])
             numbers[name] = (a, b)
             shapes[name] = 1.0 - _ks(a, b)
             present = a[~np.isnan(a)]
             edges = np.unique(np.quantile(present, np.linspace(0.1, 0.9, 9))) if len(present) else np.array([])
             discrete[name] = (_binned(a, edges), _binned(b, edges))
         else:
-            a, b = _categories(real[name]), _categories(synthetic[name])
+            a, b = category_values(real[name]), category_values(synthetic[name])
             shapes[name] = 1.0 - _tvd(a, b)
             discrete[name] = (a, b)
     pairs = {}
@@ -103,11 +105,11 @@ def table_features(table: pa.Table, kinds: dict[str, str], columns: list[str], r
     matrix, categorical = [], []
     for name in columns:
         if kinds[name] in NUMERIC_KINDS:
-            matrix.append(_numbers(table[name], kinds[name]))
+            matrix.append(numeric_values(table[name], kinds[name]))
             categorical.append(False)
         else:
-            known = {v: i for i, v in enumerate(np.unique(_categories(reference[name])))}
-            matrix.append(np.array([known.get(v, np.nan) for v in _categories(table[name])], dtype=float))
+            known = {v: i for i, v in enumerate(np.unique(category_values(reference[name])))}
+            matrix.append(np.array([known.get(v, np.nan) for v in category_values(table[name])], dtype=float))
             categorical.append(True)
     return np.stack(matrix, 1) if matrix else np.zeros((table.num_rows, 0)), np.array(categorical, bool)
 
@@ -125,11 +127,11 @@ def utility(real_train: pa.Table, real_test: pa.Table, synthetic: pa.Table, kind
 
     columns = [c for c in real_train.column_names if c != target and kinds.get(c) in NUMERIC_KINDS + CATEGORY_KINDS]
     test_x, categorical = table_features(real_test, kinds, columns, real_train)
-    test_y = _categories(real_test[target])
+    test_y = category_values(real_test[target])
     scores = {}
     for name, train in (("tstr", synthetic), ("trtr", real_train)):
         x, _ = table_features(train, kinds, columns, real_train)
-        y = _categories(train[target])
+        y = category_values(train[target])
         if len(np.unique(y)) < 2:  # one class only: the recipe predicts it everywhere
             predicted = np.full(len(test_y), y[0] if len(y) else "")
         else:
@@ -160,25 +162,15 @@ def _scaled(table: pa.Table, kinds: dict[str, str], columns: list[str], referenc
     parts = []
     for name in columns:
         if kinds[name] in NUMERIC_KINDS:
-            ref = _numbers(reference[name], kinds[name])
+            ref = numeric_values(reference[name], kinds[name])
             low, high = np.nanmin(ref), np.nanmax(ref)
-            values = (_numbers(table[name], kinds[name]) - low) / max(high - low, 1e-12)
+            values = (numeric_values(table[name], kinds[name]) - low) / max(high - low, 1e-12)
             parts.append(np.nan_to_num(values, nan=-1.0)[:, None])
         else:
-            known = np.unique(_categories(reference[name]))
-            values = _categories(table[name])
+            known = np.unique(category_values(reference[name]))
+            values = category_values(table[name])
             parts.append((values[:, None] == known[None, :]).astype(float))
     return np.concatenate(parts, 1).astype(np.float32)
-
-
-def _nearest(queries: np.ndarray, points: np.ndarray) -> np.ndarray:
-    norms = (points * points).sum(1)
-    out = np.empty(len(queries))
-    for start in range(0, len(queries), BLOCK):
-        q = queries[start:start + BLOCK]
-        d = (q * q).sum(1)[:, None] + norms[None, :] - 2 * q @ points.T
-        out[start:start + BLOCK] = np.sqrt(np.maximum(d.min(1), 0.0))
-    return out
 
 
 def _row_key(row: dict[str, Any]) -> tuple:
@@ -189,12 +181,11 @@ def _row_key(row: dict[str, Any]) -> tuple:
 def privacy(real_train: pa.Table, real_test: pa.Table, synthetic: pa.Table, kinds: dict[str, str]) -> dict[str, Any]:
     columns = [c for c in real_train.column_names if kinds.get(c) in NUMERIC_KINDS + CATEGORY_KINDS]
     train = _scaled(real_train, kinds, columns, real_train)
-    synthetic_dcr = _nearest(_scaled(synthetic, kinds, columns, real_train), train)
-    holdout_dcr = _nearest(_scaled(real_test, kinds, columns, real_train), train)
+    synthetic_dcr = nearest_distance(_scaled(synthetic, kinds, columns, real_train), train)
+    holdout_dcr = nearest_distance(_scaled(real_test, kinds, columns, real_train), train)
     train_rows = {_row_key(row) for row in real_train.select(columns).to_pylist()}
     copies = sum(_row_key(row) in train_rows for row in synthetic.select(columns).to_pylist())
-    return {"dcr_median_synthetic": float(np.median(synthetic_dcr)), "dcr_median_holdout": float(np.median(holdout_dcr)),
-            "dcr_ratio": float(np.median(synthetic_dcr) / max(np.median(holdout_dcr), 1e-12)), "exact_copies": int(copies)}
+    return {**closest_record_figures(synthetic_dcr, holdout_dcr), "exact_copies": int(copies)}
 
 
 def evaluate_table(real_train: pa.Table, real_test: pa.Table, synthetic: pa.Table, kinds: dict[str, str],

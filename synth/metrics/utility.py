@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import ray
 
-from synth.metrics import Split, classifier
+from synth.metrics import classifier
+from synth.metrics.classifier import Split
 
 
 @ray.remote(num_cpus=1)

@@ -1,10 +1,8 @@
-"""Generator families by name. Each module defines one model behind `GeneratorModel`."""
+"""Generator families by name. Each module defines one model behind `synth.models.base.GeneratorModel`."""
 
 from __future__ import annotations
 
 import importlib
-
-from synth.models.base import GeneratorModel, ImageSchema
 
 _MODELS = {"cvae": ("synth.models.cvae", "ConditionalVAE"), "cgan": ("synth.models.cgan", "ConditionalGAN"),
            "cflow": ("synth.models.flow", "ConditionalFlow"),
@@ -13,11 +11,12 @@ TABLE_MODELS = ("tvae", "ctgan")
 MODEL_NAMES = tuple(_MODELS)
 
 
-def get_model(name: str) -> GeneratorModel:
+def get_model(name: str):
+    """A new instance of the model family `name` (a `synth.models.base.GeneratorModel`)."""
     if name not in _MODELS:
         raise ValueError(f"unknown model '{name}'; known: {', '.join(MODEL_NAMES)}")
     module, cls = _MODELS[name]
     return getattr(importlib.import_module(module), cls)()
 
 
-__all__ = ["GeneratorModel", "ImageSchema", "MODEL_NAMES", "TABLE_MODELS", "get_model"]
+__all__ = ["MODEL_NAMES", "TABLE_MODELS", "get_model"]

@@ -1,16 +1,18 @@
-"""Run a table spec: collect → clean → label → split → train (tvae/ctgan) → sample → evaluate → publish.
+"""Tables: Parquet, CSV/TSV, JSONL — the table plug-in.
 
 Cleaning happens per block in Ray Data: every modelled column is cast to the kind inferred
 from a bounded sample (or given in `source.columns`); values that do not fit (text in a
 number column, NaN/inf) reject the row with a reason, and exact duplicate rows are
 rejected like duplicate images. The curated splits then come to the driver, where the
-encoder is fitted and the metrics run on whole tables.
+encoder is fitted (`synth.tabular.TableEncoder`, `TableSchema`), a `tvae` / `ctgan` is
+trained, rows are sampled per condition, and `synth.metrics.tabular` compares whole tables.
+Rows publish with their columns typed (numbers, strings, timestamps) and the target as a
+`ClassLabel`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from typing import Any
 
@@ -22,19 +24,29 @@ import ray
 import ray.data
 
 from pipeline import io, plots, sources
-from pipeline.annotate import TableClassifier, annotate, export_review, needs_classifier, read_human_labels
+from pipeline.annotate import Annotation
 from pipeline.console import CONSOLE, detail, log
 from pipeline.errors import SourceError, SpecError
-from pipeline.gates import applicable_gates, failed_gates
+from pipeline.modalities.base import Modality, Staged
 from pipeline.ops import registry
 from pipeline.ops.base import REJECT_REASON
-from pipeline.publish import card_lineage
-from pipeline.publish_table import LABEL_COLUMNS, render_table_card, table_schema, write_table_split
+from pipeline.publish import annotation_features, arrow_schema, shard_name, string_features, write_shard
 from pipeline.sources.tables import READ_ERROR
 from pipeline.spec import Spec
-from pipeline.split import in_test_split, ref_hashes
-from pipeline.stage import stage_folder
+from pipeline.split import SPLIT_CODES, ref_hashes
+from pipeline.stage import stage_folder, stage_key
 
+PROVENANCE = ("origin", "generator", "source_ref")
+LABEL_COLUMNS = ("label_source", "label_confidence", "label_issue", "suggested_label")
+READING_GUIDE = [
+    "How to read these numbers. **Fidelity**: `column_shapes` (1 − KS distance for numbers, 1 − total",
+    "variation for categories) and `column_pair_trends` (correlation and contingency similarity) are",
+    "in [0, 1], higher is better; `quality_score` is their mean. `detection_auc` near 0.5 means a",
+    "classifier cannot tell synthetic rows from real ones. **Utility**: a fixed gradient-boosting",
+    "recipe trained on synthetic rows (TSTR) or real rows (TRTR), tested on the real test split.",
+    "**Privacy**: `dcr_median_synthetic` well below `dcr_median_holdout`, or `exact_copies` above 0,",
+    "means the generator reproduces training rows.",
+]
 INFER_ROWS = 20_000
 """Rows read to infer column kinds."""
 NAN_TEXT = pa.array(["NaN", "nan", "NAN"])
@@ -51,7 +63,7 @@ def _integral_text(sample: pa.ChunkedArray) -> bool:
     return pc.all(pc.or_(pc.invert(numbers), integers)).as_py() and pc.max(pc.utf8_length(values)).as_py() < 19
 
 
-def _target_type(kind: str, sample: pa.ChunkedArray) -> pa.DataType:
+def target_type(kind: str, sample: pa.ChunkedArray) -> pa.DataType:
     if kind == "numeric":
         if pa.types.is_string(sample.type):
             return pa.int64() if _integral_text(sample) else pa.float64()
@@ -96,7 +108,7 @@ def _cast_value(value: Any, arrow_type: pa.DataType) -> tuple[Any, str]:
     return str(value), ""
 
 
-def _clean(table: pa.Table, types: dict[str, pa.DataType], hashed: list[str]) -> pa.Table:
+def clean_block(table: pa.Table, types: dict[str, pa.DataType], hashed: list[str]) -> pa.Table:
     """Cast every kept column to its type; a value that does not fit rejects its row (as does
     a line the reader could not take)."""
     unreadable = READ_ERROR in table.column_names
@@ -154,7 +166,7 @@ def infer_types(spec: Spec, dataset: ray.data.Dataset) -> tuple[dict[str, str], 
     given = {k: v for k, v in spec.source.columns.items() if v != "ignore"}
     table = _modelable(table, spec)
     kinds = infer_kinds(table, {**given, target: "categorical"})
-    return kinds, {name: _target_type(kind, table[name]) for name, kind in kinds.items()}
+    return kinds, {name: target_type(kind, table[name]) for name, kind in kinds.items()}
 
 
 def _modelable(table: pa.Table, spec: Spec) -> pa.Table:
@@ -181,118 +193,169 @@ def _modelable(table: pa.Table, spec: Spec) -> pa.Table:
     return pa.table(columns)
 
 
-def run_table(spec: Spec, run_id: str, run_dir: str, spec_hash: str, code_version: dict[str, Any],
-              timings: dict[str, float], fresh: bool = False):
-    from pipeline.runner import (_put_plot, _timed, account_rejects, base_lineage, finish, publish_locations,
-                                 train_generator)
+def table_schema(types: dict[str, pa.DataType], target: str, class_names: list[str],
+                 label_quality: bool = False) -> pa.Schema:
+    """Arrow schema of a published shard (columns in source order, label provenance, then
+    row provenance), its HF features (`datasets.Features.from_arrow_schema` for the value
+    columns, a `ClassLabel` for the target) in the metadata."""
+    import datasets
 
-    target_name = spec.annotate.label_column
-    with _timed(timings, "collect"):
+    values = datasets.Features.from_arrow_schema(pa.schema(list(types.items())))
+    features = {name: datasets.ClassLabel(names=list(class_names)) if name == target else values[name]
+                for name in types}
+    return arrow_schema({**features, **annotation_features(class_names, label_quality), **string_features(PROVENANCE)})
+
+
+def write_table_split(table: pa.Table, folder: io.Location, split: str, schema: pa.Schema, rows_per_shard: int) -> int:
+    """Write `table` (already in `schema`'s columns) as `{split}-NNNNN-of-NNNNN.parquet` shards."""
+    if table.num_rows == 0:
+        return 0
+    folder.fs.makedirs(folder.path, exist_ok=True)
+    for item in schema:  # e.g. label_confidence of generated rows
+        if item.name not in table.column_names:
+            table = table.append_column(item.name, pa.nulls(table.num_rows, item.type))
+    table = table.select(schema.names)
+    shards = max(1, math.ceil(table.num_rows / rows_per_shard))
+    for index in range(shards):
+        write_shard(table.slice(index * rows_per_shard, rows_per_shard).cast(schema), folder,
+                    shard_name(split, index, shards), row_group_size=10_000)
+    return table.num_rows
+
+
+class TableClassifier:
+    """The model labeler's and label quality's classifier: the evaluation suite's gradient
+    boosting on the cleaned rows' features (row indices into them)."""
+
+    def __init__(self, table: pa.Table, kinds: dict[str, str], target: str):
+        from synth.metrics.tabular import table_features
+
+        self.columns = [c for c, k in kinds.items() if c != target and k != "id"]
+        self.features, self.categorical = table_features(table, kinds, self.columns, table)
+
+    def fit_predict(self, train: np.ndarray, labels: np.ndarray, rows: np.ndarray, num_classes: int,
+                    seed: int, epochs: int) -> np.ndarray:
+        from synth.metrics.tabular import fixed_classifier
+
+        model = fixed_classifier(self.categorical, seed).fit(self.features[train], labels)
+        probs = np.zeros((len(rows), num_classes))
+        probs[:, model.classes_] = model.predict_proba(self.features[rows])
+        return probs
+
+
+class TableModality(Modality):
+    key_metrics = ("quality_score", "detection_auc", "tstr_f1", "dcr_ratio", "exact_copies")
+
+    @property
+    def target(self) -> str:
+        return self.spec.annotate.label_column
+
+    def collect(self):
+        spec = self.spec
         collected = sources.read(spec.source)
-        kinds, types = infer_types(spec, collected.dataset)
+        self.kinds, self.types = infer_types(spec, collected.dataset)
+        kinds = self.kinds
         log("collect", f"{spec.source.path}: {len(kinds)} columns ("
             + ", ".join(f"{k} {list(kinds.values()).count(k)}" for k in dict.fromkeys(kinds.values())) + ")")
         detail("collect", "columns: " + ", ".join(f"{n} ({k})" for n, k in kinds.items()))
+        return collected
 
-    with _timed(timings, "preprocess"):
-        key = hashlib.sha256(json.dumps({"source": spec.source.model_dump(mode="json", exclude={"storage_options"}),
-                                         "types": {n: str(t) for n, t in types.items()}, "kinds": kinds,
-                                         "inputs": collected.fingerprints, "code": code_version},
-                                        sort_keys=True).encode()).hexdigest()[:16]
-        folder = stage_folder(spec, key)
-        if fresh and folder.fs.exists(folder.path):
-            folder.fs.rm(folder.path, recursive=True)
-        cleaned = _cleaned_stage(collected, types, [n for n, k in kinds.items() if k != "id"], folder)
+    def stage(self, collected, fresh: bool) -> Staged:
+        spec = self.spec
+        key = stage_key(spec, collected.fingerprints, self.run.code_version,
+                        types={n: str(t) for n, t in self.types.items()}, kinds=self.kinds)
+        folder = stage_folder(spec, key, fresh)
+        cleaned, reused = _cleaned_stage(collected, self.types, [n for n, k in self.kinds.items() if k != "id"], folder)
         reasons = np.array(cleaned[REJECT_REASON].to_pylist(), dtype=object)
         duplicates = registry.build({"op": "dedup"}).decide(cleaned, reasons) if spec.preprocess.dedup_rows else []
         log("preprocess", f"{cleaned.num_rows} rows cast to their column types; "
             f"{len(duplicates)} exact duplicate rows")
+        self.cleaned = cleaned
+        return Staged(keys=cleaned, given=cleaned[self.target], reasons=reasons,
+                      ref_hashes=ref_hashes(cleaned["source_ref"].to_pylist()),
+                      stage={"key": key, "folder": folder.url, "reused": reused})
 
-    with _timed(timings, "annotate"):
-        classifier = TableClassifier(cleaned, kinds, target_name) if needs_classifier(spec.annotate) else None
-        annotation = annotate(spec.annotate, cleaned, reasons, cleaned[target_name], read_human_labels(run_dir),
-                              classifier, spec.seed)
-        class_names = annotation.class_names
-        cleaned = _with_annotation(cleaned, annotation, target_name)
-        log("annotate", f"target '{target_name}': {annotation.summary()}")
-        if len(annotation.review):
-            values = cleaned.select(list(types)).take(pa.array(annotation.review)).to_pylist()
-            tasks = export_review(run_dir, run_id, cleaned["source_ref"].to_pylist(), annotation, values=values)
-            log("annotate", f"{len(annotation.review)} rows to review: import {tasks} into Label Studio, then "
-                f"datakiln annotate import {run_dir} EXPORT.json")
+    def classifier(self) -> TableClassifier:
+        return TableClassifier(self.cleaned, self.kinds, self.target)
 
-    rows_in, rejected_by_reason, pending_review = account_rejects(spec, run_id, run_dir, cleaned["source_ref"],
-                                                                  reasons, class_names)
+    def annotated(self, annotation: Annotation) -> str:
+        self.cleaned = _with_annotation(self.cleaned, annotation, self.target)
+        return f"target '{self.target}': {annotation.summary()}"
 
-    with _timed(timings, "split"):
-        live = reasons == ""
-        is_test = in_test_split(ref_hashes(cleaned["source_ref"].to_pylist()), annotation.label, live, spec.seed,
-                                spec.split.test_fraction)
-        columns = list(types) + [c for c in LABEL_COLUMNS if c in cleaned.column_names] + ["source_ref"]
-        frames = {"train": cleaned.select(columns).filter(pa.array(live & ~is_test)),
-                  "test": cleaned.select(columns).filter(pa.array(live & is_test))}
-        log("split", f"train {frames['train'].num_rows}, test {frames['test'].num_rows}")
+    def review_items(self, rows: np.ndarray) -> dict[str, Any]:
+        return {"values": self.cleaned.select(list(self.types)).take(pa.array(rows)).to_pylist()}
 
-    metrics: dict[str, Any] = annotation.metrics()
-    lineage_checkpoint = trained = synthetic = None
-    if spec.synthesize.enabled:
+    def split(self, codes: np.ndarray, annotation: Annotation) -> dict[str, int]:
+        columns = list(self.types) + [c for c in LABEL_COLUMNS if c in self.cleaned.column_names] + ["source_ref"]
+        self.frames = {split: self.cleaned.select(columns).filter(pa.array(codes == code))
+                       for split, code in SPLIT_CODES.items()}
+        return {split: frame.num_rows for split, frame in self.frames.items()}
+
+    def training_data(self, annotation: Annotation):
         from synth.models.table import TableSchema
-        from synth.progress import watch
-        from synth.sample import sample_table
         from synth.tabular import TableEncoder
 
-        syn = spec.synthesize
-        modelled = {n: k for n, k in kinds.items() if k != "id"}
-        with _timed(timings, "train"):
-            encoder = TableEncoder.fit(frames["train"].select(list(kinds)), kinds, spec.seed, primary=target_name)
-            schema = TableSchema(encoder.to_json())
-            train_data = ray.data.from_numpy(encoder.encode(frames["train"])).rename_columns({"data": "features"})
-            trained, lineage_checkpoint = train_generator(
-                spec, run_id, run_dir, train_data, schema,
-                f"{frames['train'].num_rows} rows × {encoder.width} features (condition vector {encoder.cond_width})")
-            generator_id = lineage_checkpoint["generator_id"]
-        with _timed(timings, "sample"):
-            plan = condition_plan(spec, encoder, frames["train"], target_name)
-            progress = CONSOLE.progress("sample", sum(n for _, _, n in plan), "rows")
-            with watch(lambda state: progress.update(state["done"])) as board:
-                synthetic = _concat(sample_table(trained.model_dir, plan, spec.seed, generator_id,
-                                                 syn.sampler_actors, board=board).to_arrow_refs(), frames["train"].schema)
-            progress.close(f"{synthetic.num_rows:,} rows from {generator_id}: "
-                           + ", ".join(f"{c}={v}: {n}" for c, v, n in plan))
-        if spec.evaluate.enabled:
-            from synth.metrics.tabular import evaluate_table
+        train = self.frames["train"]
+        self.encoder = TableEncoder.fit(train.select(list(self.kinds)), self.kinds, self.spec.seed, primary=self.target)
+        data = ray.data.from_numpy(self.encoder.encode(train)).rename_columns({"data": "features"})
+        return data, TableSchema(self.encoder.to_json()), (
+            f"{train.num_rows} rows × {self.encoder.width} features (condition vector {self.encoder.cond_width})")
 
-            with _timed(timings, "evaluate"):
-                metrics.update(evaluate_table(frames["train"], frames["test"], synthetic, modelled, target_name,
-                                              spec.seed))
-                log("evaluate", ", ".join(f"{key} {metrics[key]:.4g}" for key in (
-                    "quality_score", "detection_auc", "tstr_f1", "trtr_f1", "tstr_ratio", "exact_copies")))
+    def sample(self, model_dir: str, generator_id: str, annotation: Annotation) -> int:
+        from synth.progress import watch
+        from synth.sample import sample_table
 
-    failures = failed_gates(applicable_gates(spec.evaluate.gates, spec.synthesize.enabled), metrics)
-    target, staging = publish_locations(spec, run_dir, run_id, bool(failures))
-    with _timed(timings, "publish"):
-        schema_arrow = table_schema(types, target_name, class_names, label_quality=annotation.issue is not None)
-        published = {s: write_table_split(_published(frames[s], target_name, class_names, "real", None), staging.join("data"),
-                                          s, schema_arrow, spec.publish.rows_per_shard) for s in ("train", "test")}
+        plan = condition_plan(self.spec, self.encoder, self.frames["train"], self.target)
+        progress = CONSOLE.progress("sample", sum(n for _, _, n in plan), "rows")
+        with watch(lambda state: progress.update(state["done"])) as board:
+            self.synthetic = _concat(sample_table(model_dir, plan, self.spec.seed, generator_id,
+                                                  self.spec.synthesize.sampler_actors, board=board).to_arrow_refs(),
+                                     self.frames["train"].schema)
+        progress.close(f"{self.synthetic.num_rows:,} rows from {generator_id}: "
+                       + ", ".join(f"{c}={v}: {n}" for c, v, n in plan))
+        return self.synthetic.num_rows
+
+    def evaluate(self, annotation: Annotation) -> tuple[dict[str, Any], dict[str, Any]]:
+        from synth.metrics.tabular import evaluate_table
+
+        modelled = {n: k for n, k in self.kinds.items() if k != "id"}
+        metrics = evaluate_table(self.frames["train"], self.frames["test"], self.synthetic, modelled, self.target,
+                                 self.spec.seed)
+        log("evaluate", ", ".join(f"{key} {metrics[key]:.4g}" for key in (
+            "quality_score", "detection_auc", "tstr_f1", "trtr_f1", "tstr_ratio", "exact_copies")))
+        return metrics, {}
+
+    def publish(self, staging: io.Location, annotation: Annotation, generator_id: str | None) -> tuple[dict[str, int], int]:
+        rows_per_shard, names = self.spec.publish.rows_per_shard, annotation.class_names
+        self.schema = table_schema(self.types, self.target, names, label_quality=annotation.issue is not None)
+        published = {split: write_table_split(_published(self.frames[split], self.target, names, "real", None),
+                                              staging.join("data"), split, self.schema, rows_per_shard)
+                     for split in SPLIT_CODES}
         synthetic_rows = 0
-        if synthetic is not None:
+        if getattr(self, "synthetic", None) is not None:
             synthetic_rows = write_table_split(
-                _published(synthetic, target_name, class_names, "synthetic", lineage_checkpoint["generator_id"]),
-                staging.join("synthetic"), "train", schema_arrow, spec.publish.rows_per_shard)
-    lineage = {
-        **base_lineage(spec, run_id, spec_hash, code_version, collected.fingerprints, lineage_checkpoint, timings,
-                       rows_in, rejected_by_reason, pending_review, published, synthetic_rows),
-        "column_kinds": kinds, "class_names": class_names, "annotation": annotation.report, "run_dir": run_dir,
-    }
-    if synthetic is not None:
-        _put_plot(staging, "columns.png", lambda path: plots.column_distributions(frames["train"], synthetic, kinds, path))
-        if trained.history:
-            _put_plot(staging, "losses.png", lambda path: plots.loss_curves(trained.history, path))
-    card = render_table_card(spec.name, schema_arrow, target_name, class_names, published, synthetic_rows,
-                             rejected_by_reason, {k: v for k, v in metrics.items() if not isinstance(v, dict)},
-                             annotation.report,
-                             card_lineage(spec_hash, collected.fingerprints, lineage_checkpoint, lineage["rows"]))
-    return finish(spec, staging, target, card, metrics, lineage, failures, timings)
+                _published(self.synthetic, self.target, names, "synthetic", generator_id),
+                staging.join("synthetic"), "train", self.schema, rows_per_shard)
+        return published, synthetic_rows
+
+    def lineage(self) -> dict[str, Any]:
+        return {"column_kinds": self.kinds}
+
+    def plots(self, staging: io.Location, annotation: Annotation) -> None:
+        if getattr(self, "synthetic", None) is not None:
+            plots.put_plot(staging, "columns.png", lambda path: plots.column_distributions(
+                self.frames["train"], self.synthetic, self.kinds, path))
+
+    def card(self, annotation: Annotation) -> dict[str, Any]:
+        target, names = self.target, annotation.class_names
+        synthetic = getattr(self, "synthetic", None) is not None
+        return {"schema": self.schema, "task": "tabular-classification", "tags": ("datakiln", "synthetic", "tabular"),
+                "about": (f"generated rows in the `synthetic` config. The target `{target}` is a ClassLabel; every row",
+                          "has `origin` (`real`/`synthetic`); real rows have `source_ref` pointing at their source record."),
+                "classes": f"Classes of `{target}` ({len(names)}): {', '.join(names)}",
+                "reading_guide": READING_GUIDE,
+                "quality_plots": ["Real (train split) against synthetic, column by column:", "",
+                                  "![columns](columns.png)", ""],
+                "sections": ["Training losses per epoch:", "", "![losses](losses.png)", ""] if synthetic else []}
 
 
 def condition_plan(spec: Spec, encoder, train: pa.Table, target: str) -> list[tuple[str, Any, int]]:
@@ -316,21 +379,22 @@ def condition_plan(spec: Spec, encoder, train: pa.Table, target: str) -> list[tu
     return plan
 
 
-def _cleaned_stage(collected, types: dict[str, pa.DataType], hashed: list[str], folder: io.Location) -> pa.Table:
-    """Every row cast to its column's type, with reject reasons and content hashes; read from
-    the stage folder when an earlier run with the same inputs wrote it."""
+def _cleaned_stage(collected, types: dict[str, pa.DataType], hashed: list[str],
+                   folder: io.Location) -> tuple[pa.Table, bool]:
+    """Every row cast to its column's type, with reject reasons and content hashes, and
+    whether it was read from the stage folder (an earlier run with the same inputs wrote it)."""
     path = folder.join("cleaned.parquet")
     if folder.fs.exists(path.path):
         with folder.fs.open(path.path, "rb") as handle:
-            return pq.read_table(handle)
-    marked = collected.dataset.map_batches(_clean, fn_kwargs={"types": types, "hashed": hashed},
+            return pq.read_table(handle), True
+    marked = collected.dataset.map_batches(clean_block, fn_kwargs={"types": types, "hashed": hashed},
                                            batch_format="pyarrow")
     cleaned = _concat(marked.to_arrow_refs(), None)
     folder.fs.makedirs(folder.path, exist_ok=True)
     with folder.fs.open(f"{path.path}.partial", "wb") as handle:
         pq.write_table(cleaned, handle)
     folder.fs.mv(f"{path.path}.partial", path.path)  # complete or absent
-    return cleaned
+    return cleaned, False
 
 
 def _concat(refs: list, schema: pa.Schema | None) -> pa.Table:
