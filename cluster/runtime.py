@@ -28,8 +28,7 @@ def connect(address: str | None = None, temp_dir: str | None = None) -> None:
     if address:
         ray.init(address=address, logging_level=logging.WARNING, logging_config=_worker_logging())
         return
-    # An embedded runtime is private to this process and listens on loopback only.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    set_embedded_environment()
     memory = _available_memory()
     ray.init(
         num_cpus=embedded_resources()["CPU"],
@@ -49,6 +48,22 @@ def connect(address: str | None = None, temp_dir: str | None = None) -> None:
 
     log_once("cpu_warning")
     _warm_workers(embedded_resources()["CPU"])
+
+
+EMBEDDED_ENVIRONMENT = {
+    "RAY_AUTH_MODE": "disabled",  # an embedded runtime is private to this process and listens on loopback only
+    # Ray Train's controller polls its workers every 2 s by default, so every training
+    # waited up to 2 s to start and to end; on one machine a poll is cheap.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+    # A laptop's node is not preempted: no watcher actor (a process of its own) per training.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
+"""Settings of an embedded runtime, inherited by its processes (a value the user set wins)."""
+
+
+def set_embedded_environment() -> None:
+    for name, value in EMBEDDED_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
 
 
 def embedded_resources() -> dict[str, int]:

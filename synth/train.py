@@ -271,6 +271,8 @@ def fit(train: ray.data.Dataset, schema: Any, cfg: TrainConfig, *, workers: int,
     `rows_into_epoch` (all workers), `step` and `losses`, and the lines it said."""
     began = time.perf_counter()
     model = get_model(cfg.model)
+    # Materialised with only the trained columns, a worker's reads start no Ray Data task.
+    columns = train.select_columns(["image", "label"] if model.modality == "image" else ["features"]).materialize()
     with watch(on_progress) if on_progress else nullcontext() as board:
         trainer = TorchTrainer(
             train_loop,
@@ -281,7 +283,8 @@ def fit(train: ray.data.Dataset, schema: Any, cfg: TrainConfig, *, workers: int,
                 failure_config=ray.train.FailureConfig(max_failures=max_failures),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
             ),
-            datasets={"train": train.select_columns(["image", "label"] if model.modality == "image" else ["features"])},
+            datasets={"train": columns},
+            dataset_config=ray.train.DataConfig(datasets_to_split=[] if workers == 1 else "all"),
         )
         result = trainer.fit()
     with result.checkpoint.as_directory() as folder:

@@ -36,8 +36,9 @@ def ray_session():
     actor-pool deadlocks on 2 cores)."""
     import ray
 
-    from cluster.runtime import configure_data_context
+    from cluster.runtime import configure_data_context, set_embedded_environment
 
+    set_embedded_environment()
     ray.init(num_cpus=4, object_store_memory=1024**3, include_dashboard=True, dashboard_host="127.0.0.1",
              _temp_dir=RAY_TEMP_DIR, logging_level="WARNING",
              logging_config=ray.LoggingConfig(log_level="WARNING"))
