@@ -151,23 +151,30 @@ def check_visible_from_every_node(folders: dict[str, str], timeout_s: float = 60
                 os.rmdir(folder)
 
 
-def _import_pipeline() -> None:
+def _import_pipeline(batch: dict) -> dict:
     import importlib
 
     for module in ("pipeline.ops", "pipeline.publish"):  # the row operators and the shard writer
         importlib.import_module(module)
+    return batch
+
+
+def _warm_up(count: int) -> None:
+    import ray.data
+
+    configure_data_context()  # in this worker too: no progress bars on the user's console
+    ray.data.range(count, override_num_blocks=count).map_batches(_import_pipeline).materialize()
 
 
 def _warm_workers(count: int) -> None:
-    """Have every local worker import datakiln's data path now, in the background, so the
-    first stage does not pay ~1 s of imports per worker (it overlaps with listing the source)."""
+    """Start, in a task of its own (so nothing competes with the driver), one tiny Ray Data
+    pass whose tasks import datakiln's data path: Ray Data's first execution in a runtime
+    starts its actors (~1.5 s) and each worker pays its imports, which then overlap with
+    listing the source instead of delaying the first stage."""
     import ray
 
-    # num_cpus=0: the warm-up holds no CPU, so the first dataset finds its CPUs free (Ray Data warns
-    # "does not have any available CPUs" otherwise); the workers it starts are reused by it.
-    warm = ray.remote(num_cpus=0)(_import_pipeline)
-    for _ in range(count):
-        warm.remote()
+    # num_cpus=0: the warm-up holds no CPU, so the first dataset finds its CPUs free.
+    ray.remote(num_cpus=0)(_warm_up).remote(count)
 
 
 def _worker_logging():

@@ -43,7 +43,12 @@ class Location:
             root = posixpath.dirname(root[:magic])
         elif path == root or not path.startswith(root.rstrip("/") + "/"):
             root = posixpath.dirname(root)
-        return posixpath.relpath(path, root) if root else path.lstrip("/")
+        if not root:
+            return path.lstrip("/")
+        prefix = root.rstrip("/") + "/"
+        if path.startswith(prefix) and "/." not in path[len(prefix) - 1:]:  # a plain path under root: cut it
+            return path[len(prefix):]
+        return posixpath.relpath(path, root)
 
 
 def resolve(url: str, storage_options: dict[str, Any] | None = None) -> Location:

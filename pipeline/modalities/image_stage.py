@@ -156,7 +156,7 @@ def build_stage(spec: Spec, collected: Collected, folder: io.Location, key: str)
     folder.fs.makedirs(folder.path, exist_ok=True)
 
     row_ops, _ = ops.split_ops(op_entries(spec))
-    first, columns = _peek(collected.dataset, row_ops[0], spec.source.path or spec.source.format)
+    first, columns = _peek(collected, row_ops[0], spec.source.path or spec.source.format)
     if spec.annotate.label_column not in columns:
         raise SourceError(f"annotate.label_column: no column '{spec.annotate.label_column}' in the source "
                           f"(columns: {', '.join(c for c in columns if c != 'image_bytes')})")
@@ -187,8 +187,9 @@ def build_stage(spec: Spec, collected: Collected, folder: io.Location, key: str)
     return Stage(folder, key, parts, keys, shape, resolved_ops, False)
 
 
-def _peek(dataset: ray.data.Dataset, decode: ops.RowOp, source: str) -> tuple[np.ndarray, list[str]]:
-    rows = dataset.take(64)
+def _peek(collected: Collected, decode: ops.RowOp, source: str) -> tuple[np.ndarray, list[str]]:
+    """The first decodable image of the source's first 64 rows, and the rows' columns."""
+    rows = collected.preview if collected.preview is not None else collected.dataset.take(64)
     if not rows:
         raise SourceError(f"{source}: the source is empty")
     column = "image_bytes" if "image_bytes" in rows[0] else "image" if "image" in rows[0] else None

@@ -19,11 +19,14 @@ class Collected:
         dataset: lazily executed rows (`image` or `image_bytes`, optional `label`, `source_ref`).
         fingerprints: identity of each input (URL, size, sha256) for lineage.
         rows: how many rows the dataset yields, where known before reading (progress).
+        preview: the dataset's first rows, where the source reads them on the driver for less
+            than a Ray Data pass costs (a folder's first files); else None.
     """
 
     dataset: ray.data.Dataset
     fingerprints: list[dict[str, Any]] = field(default_factory=list)
     rows: int | None = None
+    preview: list[dict[str, Any]] | None = None
 
 
 def num_blocks(rows: int, per_block: int = RECORDS_PER_BLOCK) -> int:
