@@ -308,7 +308,11 @@ def _run(spec: Spec, address: str | None, fresh: bool, spec_hash: str, code_vers
             modality.sample(trained.model_dir, checkpoint["generator_id"], annotation)
         if spec.evaluate.enabled:
             with timed(timings, "evaluate"):
-                evaluated, extractor = modality.evaluate(annotation)
+                progress = CONSOLE.progress("evaluate", None, "")
+                evaluated, extractor = modality.evaluate(
+                    annotation, step=lambda name: progress.update(progress.done + 1, computing=name))
+                progress.close(", ".join(f"{key} {evaluated[key]:.4g}" for key in modality.logged_metrics
+                                         if key in evaluated))
                 metrics.update(evaluated)
                 checkpoint.update(extractor)
 

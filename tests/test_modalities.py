@@ -141,3 +141,13 @@ def test_the_card_has_every_section_and_names_its_configs(runs):
         assert section in body, section
     for plot in [line.split("(")[1].rstrip(")") for line in body.splitlines() if line.startswith("![")]:
         assert (tmp_path / "first" / plot).stat().st_size > 1000, plot  # every plot the card shows is there
+
+
+def test_the_metrics_the_console_and_summary_name_are_measured(runs):
+    kind, tmp_path, reports, _, _ = runs
+    plugin = modalities.for_spec(_spec(tmp_path, kind, {"format": "csv" if kind == "table" else "images",
+                                                         "path": str(tmp_path)}, "runs-a", "x"),
+                                 modalities.RunContext("r", str(tmp_path), "h", {}))
+    measured = reports["first"].metrics
+    assert plugin.key_metrics and plugin.logged_metrics
+    assert [m for m in (*plugin.key_metrics, *plugin.logged_metrics) if m not in measured] == []

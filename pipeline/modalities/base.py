@@ -13,6 +13,7 @@ synthetic rows) for the steps after them, so each method takes only what is new.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,8 @@ class Modality:
     """What one row is called in progress lines and logs ("images", "rows")."""
     key_metrics: tuple[str, ...] = ()
     """The metrics the closing summary shows besides the gated ones."""
+    logged_metrics: tuple[str, ...] = ()
+    """The metrics the evaluate step's line shows."""
 
     def __init__(self, spec: Spec, run: RunContext):
         self.spec, self.run = spec, run
@@ -111,9 +114,9 @@ class Modality:
         """Generate the spec's synthetic rows from the trained generator; how many."""
         raise NotImplementedError
 
-    def evaluate(self, annotation: Annotation) -> tuple[dict[str, Any], dict[str, Any]]:
+    def evaluate(self, annotation: Annotation, step: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The synthetic rows against the real splits: (metrics, what the lineage's generator
-        record adds, e.g. the feature extractor's digest)."""
+        record adds, e.g. the feature extractor's digest); `step(name)` as each metric starts."""
         raise NotImplementedError
 
     def publish(self, staging: io.Location, annotation: Annotation, generator_id: str | None) -> tuple[dict[str, int], int]:

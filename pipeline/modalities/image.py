@@ -25,8 +25,8 @@ from pipeline.console import CONSOLE, detail, log
 from pipeline.errors import SpecError
 from pipeline.evaluate import check_inception_weights
 from pipeline.modalities.base import Modality, Staged
-from pipeline.ops.base import REJECT_REASON
 from pipeline.modalities.image_stage import build_stage, image_stage_key, op_entries
+from pipeline.ops.base import REJECT_REASON
 from pipeline.publish import (ShardProgress, annotation_features, arrow_schema, encode_png, number_shards,
                               string_features, write_shard)
 from pipeline.split import SPLIT_CODES
@@ -134,6 +134,7 @@ class ImageClassifier:
 class ImageModality(Modality):
     unit = "images"
     key_metrics = ("tstr_accuracy", "fid_domain", "precision", "recall", "nn_copy_fraction")
+    logged_metrics = ("tstr_ratio", "fid_domain", "precision", "recall", "nn_copy_fraction")
 
     def preflight(self) -> None:
         self.inception_sha256 = check_inception_weights(self.spec.evaluate.inception_weights)
@@ -211,25 +212,21 @@ class ImageModality(Modality):
         progress.close(f"{rows:,} images from {generator_id}")
         return rows
 
-    def evaluate(self, annotation: Annotation) -> tuple[dict[str, Any], dict[str, Any]]:
+    def evaluate(self, annotation: Annotation, step: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
         from synth.metrics import evaluate_images, pixels
 
         spec = self.spec
-        progress = CONSOLE.progress("evaluate", None, "")
         self.evaluation = evaluate_images(pixels(self.train), pixels(self.test), pixels(self.synthetic),
                                           len(annotation.class_names), spec.evaluate.classifier_epochs, spec.seed,
                                           k=spec.evaluate.k, copy_fraction=spec.evaluate.copy_fraction,
                                           inception_weights=spec.evaluate.inception_weights,
                                           classifier_recipe=spec.evaluate.classifier,
                                           labelled=not annotation.unlabelled,
-                                          step=lambda name: progress.update(progress.done + 1, computing=name))
-        metrics = self.evaluation.metrics
-        progress.close(", ".join(f"{key} {metrics[key]:.4g}" for key in (
-            "tstr_ratio", "fid_domain", "precision", "recall", "nn_copy_fraction") if key in metrics))
+                                          step=step)
         extras = {"feature_extractor_sha256": self.evaluation.extractor_sha256}
         if self.inception_sha256:
             extras["inception_weights_sha256"] = self.inception_sha256
-        return metrics, extras
+        return self.evaluation.metrics, extras
 
     def publish(self, staging: io.Location, annotation: Annotation, generator_id: str | None) -> tuple[dict[str, int], int]:
         rows_per_shard = self.spec.publish.rows_per_shard

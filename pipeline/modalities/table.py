@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -244,6 +245,7 @@ class TableClassifier:
 
 class TableModality(Modality):
     key_metrics = ("quality_score", "detection_auc", "tstr_f1", "dcr_ratio", "exact_copies")
+    logged_metrics = ("quality_score", "detection_auc", "tstr_f1", "trtr_f1", "tstr_ratio", "exact_copies")
 
     @property
     def target(self) -> str:
@@ -314,15 +316,13 @@ class TableModality(Modality):
                        + ", ".join(f"{c}={v}: {n}" for c, v, n in plan))
         return self.synthetic.num_rows
 
-    def evaluate(self, annotation: Annotation) -> tuple[dict[str, Any], dict[str, Any]]:
+    def evaluate(self, annotation: Annotation, step: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
         from synth.metrics.tabular import evaluate_table
 
         modelled = {n: k for n, k in self.kinds.items() if k != "id"}
-        metrics = evaluate_table(self.frames["train"], self.frames["test"], self.synthetic, modelled, self.target,
-                                 self.spec.seed)
-        log("evaluate", ", ".join(f"{key} {metrics[key]:.4g}" for key in (
-            "quality_score", "detection_auc", "tstr_f1", "trtr_f1", "tstr_ratio", "exact_copies")))
-        return metrics, {}
+        step("fidelity / utility / privacy")
+        return evaluate_table(self.frames["train"], self.frames["test"], self.synthetic, modelled, self.target,
+                              self.spec.seed), {}
 
     def publish(self, staging: io.Location, annotation: Annotation, generator_id: str | None) -> tuple[dict[str, int], int]:
         rows_per_shard, names = self.spec.publish.rows_per_shard, annotation.class_names
