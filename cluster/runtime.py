@@ -151,30 +151,27 @@ def check_visible_from_every_node(folders: dict[str, str], timeout_s: float = 60
                 os.rmdir(folder)
 
 
-def _import_pipeline(batch: dict) -> dict:
+def _import_data_path() -> None:
     import importlib
 
-    for module in ("pipeline.ops", "pipeline.publish"):  # the row operators and the shard writer
-        importlib.import_module(module)
-    return batch
+    from pipeline.modalities import MODALITIES
 
-
-def _warm_up(count: int) -> None:
-    import ray.data
-
-    configure_data_context()  # in this worker too: no progress bars on the user's console
-    ray.data.range(count, override_num_blocks=count).map_batches(_import_pipeline).materialize()
+    importlib.import_module("ray.data")
+    for plugin in MODALITIES.values():  # each modality's row operators, stage and shard writer
+        importlib.import_module(plugin.split(":")[0])
 
 
 def _warm_workers(count: int) -> None:
-    """Start, in a task of its own (so nothing competes with the driver), one tiny Ray Data
-    pass whose tasks import datakiln's data path: Ray Data's first execution in a runtime
-    starts its actors (~1.5 s) and each worker pays its imports, which then overlap with
-    listing the source instead of delaying the first stage."""
+    """Have `count` idle workers import Ray Data and datakiln's data path now, in the
+    background: a worker's first Ray Data task otherwise pays ~1 s of imports, and the first
+    stage's tasks would all pay it at once (it overlaps with listing the source instead)."""
     import ray
 
-    # num_cpus=0: the warm-up holds no CPU, so the first dataset finds its CPUs free.
-    ray.remote(num_cpus=0)(_warm_up).remote(count)
+    # num_cpus=0: the warm-up holds no CPU, so the first dataset finds its CPUs free (Ray Data warns
+    # "does not have any available CPUs" otherwise); the workers it starts are reused by it.
+    warm = ray.remote(num_cpus=0)(_import_data_path)
+    for _ in range(count):
+        warm.remote()
 
 
 def _worker_logging():
