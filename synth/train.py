@@ -271,8 +271,10 @@ def fit(train: ray.data.Dataset, schema: Any, cfg: TrainConfig, *, workers: int,
     `rows_into_epoch` (all workers), `step` and `losses`, and the lines it said."""
     began = time.perf_counter()
     model = get_model(cfg.model)
-    # Materialised with only the trained columns, a worker's reads start no Ray Data task.
-    columns = train.select_columns(["image", "label"] if model.modality == "image" else ["features"]).materialize()
+    # Materialised with only the trained columns, a worker's reads start no Ray Data task
+    # (`train` usually comes materialised with just those columns: then nothing is copied).
+    trained_columns = ["image", "label"] if model.modality == "image" else ["features"]
+    columns = (train if train.columns() == trained_columns else train.select_columns(trained_columns)).materialize()
     with watch(on_progress) if on_progress else nullcontext() as board:
         trainer = TorchTrainer(
             train_loop,

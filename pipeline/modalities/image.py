@@ -197,7 +197,7 @@ class ImageModality(Modality):
 
         shape = self.staged.shape
         schema = ImageSchema(shape.height, shape.width, shape.channels, len(annotation.class_names))
-        return self.train, schema, f"{self.split_rows['train']} images"
+        return self.train.select_columns(["image", "label"]), schema, f"{self.split_rows['train']} images"
 
     def sample(self, model_dir: str, generator_id: str, annotation: Annotation) -> int:
         from synth.progress import watch
