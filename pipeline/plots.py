@@ -146,6 +146,35 @@ def column_distributions(real, synthetic, kinds: dict[str, str], path: str, max_
     plt.close(fig)
 
 
+def length_histograms(real: dict[str, np.ndarray], synthetic: dict[str, np.ndarray], class_names: list[str],
+                      path: str) -> None:
+    """Words per text, one panel per class: real and synthetic histograms on shared bins."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = class_names[:12]
+    columns = min(4, len(shown))
+    rows = -(-len(shown) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.4 * rows), squeeze=False)
+    for axis in axes.flat[len(shown):]:
+        axis.axis("off")
+    for axis, name in zip(axes.flat, shown):
+        both = np.concatenate([real[name], synthetic[name]]) if len(real[name]) + len(synthetic[name]) else np.zeros(1)
+        bins = np.linspace(0, max(1.0, np.quantile(both, 0.99)), 30)
+        axis.hist(np.clip(real[name], 0, bins[-1]), bins=bins, alpha=0.6, density=True, label="real", color="#888888")
+        axis.hist(np.clip(synthetic[name], 0, bins[-1]), bins=bins, alpha=0.6, density=True, label="synthetic",
+                  color="#d9622b")
+        axis.set_title(name, fontsize=9)
+        axis.set_xlabel("words", fontsize=8)
+        axis.tick_params(labelsize=7)
+    axes.flat[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
 def duplicate_pairs(kept: np.ndarray, dropped: np.ndarray, distances: list[int], path: str) -> None:
     """One column per pair: the kept image above the dropped one, titled with their distance."""
     import matplotlib

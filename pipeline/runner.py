@@ -116,7 +116,8 @@ def train_config(spec: Spec, run_id: str, run_dir: str, rows: int):
     model = get_model(syn.model)
     model_config = with_defaults(model, {**syn.options, "latent_dim": syn.latent_dim,
                                          "learning_rate": syn.learning_rate, "sample_steps": syn.sample_steps,
-                                         "guidance": syn.guidance, "batch_size": syn.batch_size, "epochs": syn.epochs})
+                                         "guidance": syn.guidance, "temperature": syn.temperature, "top_p": syn.top_p,
+                                         "batch_size": syn.batch_size, "epochs": syn.epochs})
     batch_size, epochs = model_config.pop("batch_size"), model_config.pop("epochs")
     if syn.epochs is None:
         epochs = default_epochs(model, rows, batch_size, syn.workers)

@@ -20,6 +20,8 @@ from pipeline.redact import redact, secret_paths
 
 
 DEFAULT_IMAGE_OPS = ("decode", "color", "resize", "dedup")
+DEFAULT_TEXT_OPS = ("normalize", "length", "dedup", "near_dedup")
+TABLE_FORMATS = ("parquet", "csv", "jsonl")
 
 
 class _Section(BaseModel):
@@ -27,10 +29,11 @@ class _Section(BaseModel):
 
 
 class SourceSpec(_Section):
-    format: Literal["idx", "images", "parquet", "csv", "jsonl", "sklearn"]
-    kind: Literal["image", "table"] | None = None
-    """What the rows are: `image` (default for idx/images/sklearn) or `table` (default for
-    parquet/csv/jsonl; set `image` for tables of encoded images)."""
+    format: Literal["idx", "images", "parquet", "csv", "jsonl", "sklearn", "text"]
+    kind: Literal["image", "table", "text"] | None = None
+    """What the rows are: `image` (default for idx/images/sklearn), `table` (default for
+    parquet/csv/jsonl; set `image` for tables of encoded images, `text` for a table with a
+    text column) or `text` (default for `text` files)."""
     columns: dict[str, Literal["numeric", "categorical", "boolean", "datetime", "id", "ignore"]] = Field(
         default_factory=dict)
     """`table`: column kinds that override inference (`ignore` drops a column)."""
@@ -40,8 +43,17 @@ class SourceSpec(_Section):
     """`idx` only: fsspec URL of the labels file that goes with `path`."""
     image_column: str = "image"
     """`parquet`/`csv`/`jsonl`: column holding encoded image bytes or a HF `{bytes, path}` struct."""
+    text_column: str = "text"
+    """`kind: text` in a `parquet`/`csv`/`jsonl` table: the column holding each document."""
+    documents: Literal["line", "file"] = "line"
+    """`text` files: one document per non-empty line, or one per file."""
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+    """`csv`: the field separator (`"\t"` for TSV)."""
+    quoting: bool | None = None
+    """`csv`: whether `"` quotes fields. Default: off for tab-separated files (TSV has no
+    quoting: a message that starts with a quote is text), on otherwise."""
     encoding: str = "utf8"
-    """`csv`: the files' text encoding (e.g. `latin1`, `cp1252`); JSONL and Parquet are UTF-8."""
+    """`csv`/`text`: the files' text encoding (e.g. `latin1`, `cp1252`); JSONL and Parquet are UTF-8."""
     limit: int | None = Field(default=None, gt=0)
     """Read only the first N records (subsets for trials and tests)."""
     storage_options: dict[str, Any] = Field(default_factory=dict)
@@ -69,19 +81,14 @@ class SourceSpec(_Section):
 
 class PreprocessSpec(_Section):
     ops: list[dict[str, Any]] | None = None
-    """Image operators in order, each `{op: NAME, **params}`; see `pipeline.ops.registry`.
-    Default: decode, color, resize, dedup. Tables are cleaned by type instead (see below)."""
+    """Image or text operators in order, each `{op: NAME, **params}`; see
+    `pipeline.ops.registry`. Default: decode, color, resize, dedup (images); normalize, length,
+    dedup, near_dedup (text). Tables are cleaned by type instead (see below)."""
     dedup_rows: bool = True
     """`table`: reject exact duplicate rows (same values in every modelled column)."""
-    max_reject_fraction: float = Field(default=0.1, ge=0, le=1)
-    """Fail the run when more than this fraction of input rows is rejected."""
-
-    @field_validator("ops")
-    @classmethod
-    def _check_ops(cls, ops: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        from pipeline.ops import registry
-
-        return None if ops is None else [registry.validate_params(i, op) for i, op in enumerate(ops)]
+    max_reject_fraction: float | None = Field(default=None, ge=0, le=1)
+    """Fail the run when more than this fraction of input rows is rejected. Default: 0.1;
+    0.5 for text (filters and dedup routinely remove a large share of a raw text corpus)."""
 
 
 class RuleSpec(_Section):
@@ -184,7 +191,7 @@ class SplitSpec(_Section):
 class SynthesizeSpec(_Section):
     enabled: bool = True
     model: str | None = None
-    """Default: `cvae` for images, `tvae` for tables."""
+    """Default: `cvae` for images, `tvae` for tables, `textlm` for text."""
     epochs: int | None = Field(default=None, ge=1)
     """Default: the model's own (cvae/cgan 30, tvae/ctgan 300), for ctgan raised so that it
     trains at least 10,000 steps (a GAN needs updates: small tables get more epochs)."""
@@ -204,8 +211,13 @@ class SynthesizeSpec(_Section):
     samples_per_class: int = Field(default=1000, ge=1)
     """`image`: synthetic images per class."""
     rows: int | None = Field(default=None, ge=1)
-    """`table`: synthetic rows when no `conditions` are given (default: the train split's
-    size, with the target's class shares)."""
+    """`table`/`text`: synthetic rows when no `conditions` are given (default: the train
+    split's size, with the target's class shares)."""
+    temperature: float | None = Field(default=None, gt=0)
+    """`textlm`: sampling temperature (default 1)."""
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    """`textlm`: nucleus sampling: draw from the smallest set of tokens holding this much
+    probability (default 0.95)."""
     conditions: dict[str, dict[str, int]] = Field(default_factory=dict)
     """`table`: exact counts per value of one categorical column, e.g.
     `{deposit: {"yes": 5000, "no": 5000}}`."""
@@ -247,7 +259,7 @@ def _check_model_settings(syn: SynthesizeSpec) -> None:
     from synth.models import get_model
 
     defaults = get_model(syn.model).defaults
-    for key in ("learning_rate", "latent_dim", "sample_steps", "guidance"):
+    for key in ("learning_rate", "latent_dim", "sample_steps", "guidance", "temperature", "top_p"):
         if getattr(syn, key) is not None and key not in defaults:
             raise ValueError(f"synthesize.{key}: the '{syn.model}' model has no {key}")
     for key in syn.options:
@@ -308,24 +320,36 @@ class Spec(_Section):
     @model_validator(mode="after")
     def _resolve_kind(self) -> Spec:
         """Fill the defaults that depend on the kind of rows, and check the pieces agree."""
-        from synth.models import TABLE_MODELS
+        from pipeline.ops import registry
+        from synth.models import DEFAULT_MODELS, MODEL_KINDS
 
         source = self.source
         if source.kind is None:
-            source.kind = "table" if source.format in ("parquet", "csv", "jsonl") else "image"
-        if source.kind == "table" and source.format not in ("parquet", "csv", "jsonl"):
+            source.kind = "table" if source.format in TABLE_FORMATS else source.format if source.format == "text" else "image"
+        if source.kind == "table" and source.format not in TABLE_FORMATS:
             raise ValueError(f"source.kind: '{source.format}' sources hold images, not tables")
-        if self.preprocess.ops is None:
-            self.preprocess.ops = [] if source.kind == "table" else [{"op": op} for op in DEFAULT_IMAGE_OPS]
-        if source.kind == "table" and self.preprocess.ops:
+        if (source.kind == "text") != (source.format == "text") and source.format not in TABLE_FORMATS:
+            raise ValueError(f"source.kind: '{source.format}' sources hold "
+                             f"{'text' if source.format == 'text' else 'images'}, not {source.kind}s")
+        preprocess = self.preprocess
+        if preprocess.max_reject_fraction is None:
+            preprocess.max_reject_fraction = 0.5 if source.kind == "text" else 0.1
+        if source.kind == "table" and preprocess.ops:
             raise ValueError("preprocess.ops: image operators do not apply to a table source "
                              "(tables are cleaned by column type; see preprocess.dedup_rows)")
+        if preprocess.ops is None:
+            defaults = {"image": DEFAULT_IMAGE_OPS, "text": DEFAULT_TEXT_OPS}.get(source.kind, ())
+            preprocess.ops = [{"op": op} for op in defaults]
+        try:
+            preprocess.ops = [registry.validate_params(i, op, source.kind) for i, op in enumerate(preprocess.ops)]
+        except ValueError as err:
+            raise ValueError(f"preprocess.ops.{err}") from None
         syn = self.synthesize
         if syn.model is None:
-            syn.model = "tvae" if source.kind == "table" else "cvae"
-        if (syn.model in TABLE_MODELS) != (source.kind == "table"):
+            syn.model = DEFAULT_MODELS[source.kind]
+        if MODEL_KINDS[syn.model] != source.kind:
             raise ValueError(f"synthesize.model: '{syn.model}' does not generate {source.kind}s "
-                             f"(tables: {', '.join(TABLE_MODELS)})")
+                             f"({source.kind}s: {', '.join(m for m, k in MODEL_KINDS.items() if k == source.kind)})")
         _check_model_settings(syn)
         if syn.conditions and len(syn.conditions) != 1:
             raise ValueError("synthesize.conditions: give counts for one column")
@@ -399,8 +423,11 @@ def _format_validation_error(origin: str, err: ValidationError) -> str:
         loc = ".".join(str(p) for p in item["loc"]) or "<root>"
         msg = item["msg"].removeprefix("Value error, ")
         nested = re.match(r"^(\d+(?:\.\w+)?): (.*)$", msg)
+        keyed = re.match(r"^([a-z_]+(?:\.\w+)+): (.*)$", msg)
         if nested:  # a list entry's own error (e.g. preprocess.ops.2.size)
             loc, msg = f"{loc}.{nested.group(1)}", nested.group(2)
+        elif keyed and loc == "<root>":  # a check across sections names its own key path
+            loc, msg = keyed.group(1), keyed.group(2)
         elif item["type"] == "extra_forbidden":
             msg = "unknown key"
         elif "input" in item and item["type"] != "missing" and not isinstance(item["input"], (dict, list)):

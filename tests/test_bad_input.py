@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
+from pipeline.spec import SourceSpec
 from tests.conftest import blob_images, png_bytes, write_idx
 
 pytestmark = pytest.mark.integration
@@ -250,7 +251,8 @@ def test_bad_rows_past_the_first_block_become_rejects_not_a_stopped_run(tmp_path
     path.write_text("\n".join(lines) + "\n")
     assert path.stat().st_size > 4 * 2**20
     root = dkio.resolve(str(path))
-    parts = list(readers._read_tables({"path": np.array([root.path], dtype=object)}, root, fmt, "image", "utf8"))
+    parts = list(readers._read_tables({"path": np.array([root.path], dtype=object)}, root,
+                                     SourceSpec(format=fmt, path=str(path))))
     table = pa.concat_tables(parts, promote_options="permissive")
     sample = table.slice(0, 20_000).drop_columns(["source_ref"])
     kinds = infer_kinds(sample.drop_columns([c for c in sample.column_names if c == readers.READ_ERROR]),

@@ -23,7 +23,7 @@ from pipeline.cli import main
 from pipeline.errors import DatakilnError
 from pipeline.ops.base import REJECT_REASON
 from pipeline.sources import idx, tables
-from pipeline.spec import Spec, build_spec
+from pipeline.spec import SourceSpec, Spec, build_spec
 from tests.conftest import blob_images, png_bytes
 
 CASES = {"spec": 500, "csv": 200, "jsonl": 120, "png": 200, "idx": 100, "cli": 60}
@@ -106,7 +106,8 @@ def _read_table_file(tmp_path, fmt: str, content: bytes, encoding: str = "utf8")
     path = tmp_path / f"t.{fmt}"
     path.write_bytes(content)
     root = io.resolve(str(path))
-    return list(tables._read_tables({"path": np.array([root.path], dtype=object)}, root, fmt, "image", encoding))
+    return list(tables._read_tables({"path": np.array([root.path], dtype=object)}, root,
+                                    SourceSpec(format=fmt, path=str(path), encoding=encoding)))
 
 
 def _clean_all(parts: list[pa.Table]) -> None:

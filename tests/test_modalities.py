@@ -41,8 +41,33 @@ def _table_source(root: Path) -> tuple[dict, int, int]:
     return {"format": "csv", "path": str(root / "rows.csv")}, 122, 2
 
 
+def _text_source(root: Path) -> tuple[dict, int, int]:
+    """A TSV of 62 short messages in two classes, one exact duplicate (after normalising its
+    HTML entity and spacing) and one near duplicate (one word changed)."""
+    import random
+
+    rng = random.Random(3)
+    words = {"offer": "win free prize cash claim call now txt reply bonus mobile".split(),
+             "chat": "see you later tonight dinner home love busy meeting soon".split()}
+    lines = ["label\tmessage"]
+    for i in range(60):
+        label = "offer" if i % 3 == 0 else "chat"
+        lines.append(f"{label}\t{' '.join(rng.choice(words[label]) for _ in range(8 + i % 7))} {i}")
+    first = lines[1].split("\t")[1]
+    lines.append(f"offer\t{first.replace(' ', '  ', 1)}")  # exact duplicate once whitespace is collapsed
+    lines.append(f"chat\t{lines[2].split(chr(9))[1].replace(lines[2].split()[2], 'yes', 1)}")  # one word edited
+    root.mkdir(parents=True)
+    (root / "messages.tsv").write_text("\n".join(lines) + "\n")
+    return {"format": "csv", "kind": "text", "path": str(root / "messages.tsv"), "delimiter": "\t",
+            "text_column": "message"}, 62, 2
+
+
 SOURCES = {"image": (_image_source, {"model": "cvae", "options": {"width": 8}}, {"classifier_epochs": 1}),
-           "table": (_table_source, {"model": "tvae"}, {})}
+           "table": (_table_source, {"model": "tvae"}, {}),
+           "text": (_text_source, {"model": "textlm", "options": {"width": 16, "layers": 1, "heads": 2,
+                                                                  "vocab_size": 300}}, {})}
+LABEL_COLUMNS = {"table": "churn"}
+FORMATS = {"image": {"format": "images"}, "table": {"format": "csv"}, "text": {"format": "csv", "kind": "text"}}
 
 
 def test_every_registered_modality_is_in_this_suite_and_implements_the_interface():
@@ -64,7 +89,7 @@ def _spec(tmp_path: Path, kind: str, source: dict, root: str, target: str, synth
     return build_spec({
         "name": f"conformance-{kind}", "seed": 7, "run_root": str(tmp_path / root), "source": source,
         "preprocess": {"max_reject_fraction": 0.2},
-        "annotate": {"label_column": "churn"} if kind == "table" else {},
+        "annotate": {"label_column": LABEL_COLUMNS[kind]} if kind in LABEL_COLUMNS else {},
         "synthesize": {**synthesize, "epochs": 1, "samples_per_class": 8, "rows": 16, "enabled": synthesis},
         "evaluate": {**evaluate, "gates": {}}, "publish": {"to": str(tmp_path / target), "rows_per_shard": 40}})
 
@@ -145,8 +170,7 @@ def test_the_card_has_every_section_and_names_its_configs(runs):
 
 def test_the_metrics_the_console_and_summary_name_are_measured(runs):
     kind, tmp_path, reports, _, _ = runs
-    plugin = modalities.for_spec(_spec(tmp_path, kind, {"format": "csv" if kind == "table" else "images",
-                                                         "path": str(tmp_path)}, "runs-a", "x"),
+    plugin = modalities.for_spec(_spec(tmp_path, kind, {**FORMATS[kind], "path": str(tmp_path)}, "runs-a", "x"),
                                  modalities.RunContext("r", str(tmp_path), "h", {}))
     measured = reports["first"].metrics
     assert plugin.key_metrics and plugin.logged_metrics

@@ -8,7 +8,7 @@ import torch
 
 import pyarrow as pa
 
-from synth.models import MODEL_NAMES, TABLE_MODELS, get_model
+from synth.models import MODEL_KINDS, TABLE_MODELS, get_model
 from synth.models.base import ImageSchema, load_generator, row_noise, save_generator, with_defaults
 from synth.models.table import TableSchema
 from synth.tabular import TableEncoder, infer_kinds
@@ -32,7 +32,7 @@ def _setup(name):
     return model, config, networks, model.optimizers(networks, config)
 
 
-IMAGE_MODELS = tuple(name for name in MODEL_NAMES if name not in TABLE_MODELS)
+IMAGE_MODELS = tuple(name for name, kind in MODEL_KINDS.items() if kind == "image")
 
 
 @pytest.mark.parametrize("name", IMAGE_MODELS)

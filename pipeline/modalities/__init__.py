@@ -14,7 +14,8 @@ from pipeline.modalities.base import Modality, RunContext
 from pipeline.spec import Spec
 
 MODALITIES = {"image": "pipeline.modalities.image:ImageModality",
-              "table": "pipeline.modalities.table:TableModality"}
+              "table": "pipeline.modalities.table:TableModality",
+              "text": "pipeline.modalities.text:TextModality"}
 """`source.kind` → the plug-in class (imported only when a run of that kind starts)."""
 
 

@@ -29,9 +29,10 @@ from pipeline.annotate import Annotation
 from pipeline.console import CONSOLE, detail, log
 from pipeline.errors import SourceError, SpecError
 from pipeline.modalities.base import Modality, Staged
+from pipeline.modalities.rows import class_shares, published_rows, with_annotation, write_rows
 from pipeline.ops import registry
 from pipeline.ops.base import REJECT_REASON
-from pipeline.publish import annotation_features, arrow_schema, shard_name, string_features, write_shard
+from pipeline.publish import annotation_features, arrow_schema, string_features
 from pipeline.sources.tables import READ_ERROR
 from pipeline.spec import Spec
 from pipeline.split import SPLIT_CODES, ref_hashes
@@ -207,22 +208,6 @@ def table_schema(types: dict[str, pa.DataType], target: str, class_names: list[s
     return arrow_schema({**features, **annotation_features(class_names, label_quality), **string_features(PROVENANCE)})
 
 
-def write_table_split(table: pa.Table, folder: io.Location, split: str, schema: pa.Schema, rows_per_shard: int) -> int:
-    """Write `table` (already in `schema`'s columns) as `{split}-NNNNN-of-NNNNN.parquet` shards."""
-    if table.num_rows == 0:
-        return 0
-    folder.fs.makedirs(folder.path, exist_ok=True)
-    for item in schema:  # e.g. label_confidence of generated rows
-        if item.name not in table.column_names:
-            table = table.append_column(item.name, pa.nulls(table.num_rows, item.type))
-    table = table.select(schema.names)
-    shards = max(1, math.ceil(table.num_rows / rows_per_shard))
-    for index in range(shards):
-        write_shard(table.slice(index * rows_per_shard, rows_per_shard).cast(schema), folder,
-                    shard_name(split, index, shards), row_group_size=10_000)
-    return table.num_rows
-
-
 class TableClassifier:
     """The model labeler's and label quality's classifier: the evaluation suite's gradient
     boosting on the cleaned rows' features (row indices into them)."""
@@ -280,7 +265,7 @@ class TableModality(Modality):
         return TableClassifier(self.cleaned, self.kinds, self.target)
 
     def annotated(self, annotation: Annotation) -> str:
-        self.cleaned = _with_annotation(self.cleaned, annotation, self.target)
+        self.cleaned = with_annotation(self.cleaned, annotation, self.target)
         return f"target '{self.target}': {annotation.summary()}"
 
     def review_items(self, rows: np.ndarray) -> dict[str, Any]:
@@ -327,13 +312,13 @@ class TableModality(Modality):
     def publish(self, staging: io.Location, annotation: Annotation, generator_id: str | None) -> tuple[dict[str, int], int]:
         rows_per_shard, names = self.spec.publish.rows_per_shard, annotation.class_names
         self.schema = table_schema(self.types, self.target, names, label_quality=annotation.issue is not None)
-        published = {split: write_table_split(_published(self.frames[split], self.target, names, "real", None),
+        published = {split: write_rows(published_rows(self.frames[split], self.target, names, "real", None),
                                               staging.join("data"), split, self.schema, rows_per_shard)
                      for split in SPLIT_CODES}
         synthetic_rows = 0
         if getattr(self, "synthetic", None) is not None:
-            synthetic_rows = write_table_split(
-                _published(self.synthetic, self.target, names, "synthetic", generator_id),
+            synthetic_rows = write_rows(
+                published_rows(self.synthetic, self.target, names, "synthetic", generator_id),
                 staging.join("synthetic"), "train", self.schema, rows_per_shard)
         return published, synthetic_rows
 
@@ -365,12 +350,8 @@ def condition_plan(spec: Spec, encoder, train: pa.Table, target: str) -> list[tu
         (column, counts), = spec.synthesize.conditions.items()
         plan = [(column, encoder.category_key(column, value), int(n)) for value, n in counts.items()]
     else:
-        total = spec.synthesize.rows or train.num_rows
-        values, counts = np.unique(np.array([str(v) for v in train[target].to_pylist()]), return_counts=True)
-        shares = counts / counts.sum() * total
-        rows = np.floor(shares).astype(int)
-        rows[np.argsort(-(shares - rows))[:total - rows.sum()]] += 1  # largest remainders: exact total
-        plan = [(target, encoder.category_key(target, v), int(n)) for v, n in zip(values, rows) if n]
+        shares = class_shares(train[target].to_pylist(), spec.synthesize.rows or train.num_rows)
+        plan = [(target, encoder.category_key(target, v), n) for v, n in shares]
     for column, value, _ in plan:
         try:
             encoder.condition_vector(column, value)
@@ -403,30 +384,4 @@ def _concat(refs: list, schema: pa.Schema | None) -> pa.Table:
         return schema.empty_table() if schema is not None else pa.table({})
     return pa.concat_tables(tables)
 
-
-def _with_annotation(table: pa.Table, annotation, target: str) -> pa.Table:
-    """The target column set to each row's final label (given, rule, model or human), plus
-    the label provenance columns."""
-    names = annotation.class_names
-    table = table.set_column(table.column_names.index(target), target,
-                             pa.array([names[i] if i >= 0 else None for i in annotation.label], pa.string()))
-    table = table.append_column("label_source", pa.array([s or None for s in annotation.source], pa.string()))
-    table = table.append_column("label_confidence", pa.array(annotation.confidence, pa.float32()))
-    if annotation.issue is not None:
-        table = table.append_column("label_issue", pa.array(annotation.issue)).append_column(
-            "suggested_label", pa.array(annotation.suggested, pa.int64()))
-    return table
-
-
-def _published(table: pa.Table, target: str, class_names: list[str], origin: str, generator: str | None) -> pa.Table:
-    index = {n: i for i, n in enumerate(class_names)}
-    ids = pa.array([index[str(v)] for v in table[target].to_pylist()], pa.int64())
-    table = table.set_column(table.column_names.index(target), target, ids)
-    n = table.num_rows
-    refs = table["source_ref"] if "source_ref" in table.column_names else pa.nulls(n, pa.string())
-    table = table.drop_columns([c for c in ("source_ref",) if c in table.column_names])
-    if "label_source" not in table.column_names:  # generated rows: labelled by their condition
-        table = table.append_column("label_source", pa.array(["conditioned"] * n, pa.string()))
-    return table.append_column("origin", pa.array([origin] * n, pa.string())).append_column(
-        "generator", pa.array([generator] * n, pa.string())).append_column("source_ref", refs)
 

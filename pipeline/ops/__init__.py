@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.ops import dedup, image  # noqa: F401  (registers the operators)
+from pipeline.ops import dedup, image, text  # noqa: F401  (registers the operators)
 from pipeline.ops.base import REJECT_REASON, DatasetOp, Reject, RowOp
 from pipeline.ops.registry import OPERATORS, build
 

@@ -30,6 +30,8 @@ class Operator:
     """Common shape: a registry name and a typed parameter model."""
 
     name: ClassVar[str]
+    kinds: ClassVar[tuple[str, ...]] = ("image",)
+    """The kinds of data whose registry holds the operator (`pipeline.ops.registry`)."""
     Params: ClassVar[type[BaseModel]] = NoParams
 
     def __init__(self, params: BaseModel):

@@ -84,6 +84,7 @@ class ExactDedup(DatasetOp):
     """Reject records whose normalised content equals an earlier record's."""
 
     name = "dedup"
+    kinds = ("image", "text")
     key_column = "content_hash"
 
     def decide(self, keys: pa.Table, reasons: np.ndarray) -> list[tuple[int, int, int]]:

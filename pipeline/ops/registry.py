@@ -1,4 +1,6 @@
-"""String-keyed operator registry: specs name operators, typos get the list of known ones."""
+"""String-keyed operator registries, one per kind of data: specs name operators, typos get
+the list of the known ones. The same name may mean different operators for different kinds
+(`near_dedup`: perceptual hashes for images, MinHash for text)."""
 
 from __future__ import annotations
 
@@ -8,29 +10,32 @@ from pydantic import ValidationError
 
 from pipeline.ops.base import Operator
 
-OPERATORS: dict[str, type[Operator]] = {}
+OPERATORS: dict[str, dict[str, type[Operator]]] = {}
+"""kind of data (`image`, `text`) → operator name → class."""
 
 
 def register(cls: type[Operator]) -> type[Operator]:
-    OPERATORS[cls.name] = cls
+    for kind in cls.kinds:
+        OPERATORS.setdefault(kind, {})[cls.name] = cls
     return cls
 
 
-def get(name: str) -> type[Operator]:
+def get(name: str, kind: str = "image") -> type[Operator]:
+    known = OPERATORS.get(kind, {})
     try:
-        return OPERATORS[name]
+        return known[name]
     except KeyError:
-        raise ValueError(f"unknown operator '{name}'; known: {', '.join(sorted(OPERATORS))}") from None
+        raise ValueError(f"unknown operator '{name}'; known: {', '.join(sorted(known))}") from None
 
 
-def validate_params(index: int, raw: Any) -> dict[str, Any]:
+def validate_params(index: int, raw: Any, kind: str = "image") -> dict[str, Any]:
     """Check one `{op: NAME, **params}` entry; return it with defaults filled in."""
     where = str(index)
     if not isinstance(raw, dict) or "op" not in raw:
         raise ValueError(f"{where}: expected a mapping with an 'op' key, got {raw!r}")
     params = {k: v for k, v in raw.items() if k != "op"}
     try:
-        cls = get(raw["op"])
+        cls = get(raw["op"], kind)
         model = cls.Params.model_validate(params)
     except ValueError as err:
         if isinstance(err, ValidationError):
@@ -42,6 +47,6 @@ def validate_params(index: int, raw: Any) -> dict[str, Any]:
     return {"op": raw["op"], **model.model_dump()}
 
 
-def build(entry: dict[str, Any]) -> Operator:
-    cls = get(entry["op"])
+def build(entry: dict[str, Any], kind: str = "image") -> Operator:
+    cls = get(entry["op"], kind)
     return cls(cls.Params.model_validate({k: v for k, v in entry.items() if k != "op"}))

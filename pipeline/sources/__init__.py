@@ -1,7 +1,8 @@
 """Collection: one module per source family, each `read(spec) -> Collected` (a Ray Dataset).
 
 Every source yields the same columns so later stages need no special case:
-`image` (uint8 array) or `image_bytes` (encoded file), `label` when the source carries one,
+`image` (uint8 array) or `image_bytes` (encoded file) or `text` (a table's own columns for
+tables), `label` when the source carries one,
 and `source_ref` (source URI + record index or file path) that traces a row to its origin.
 """
 
@@ -19,6 +20,7 @@ _READERS: dict[str, str] = {
     "csv": "pipeline.sources.tables",
     "jsonl": "pipeline.sources.tables",
     "sklearn": "pipeline.sources.bundled",
+    "text": "pipeline.sources.text",
 }
 
 

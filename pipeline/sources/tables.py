@@ -28,7 +28,8 @@ ROWS_PER_BATCH = 8192
 CSV_NULLS = ["", "NA", "N/A", "n/a", "NULL", "null", "#N/A", "#NA", "None"]
 """CSV cells read as missing values. NaN is not one of them: like ±inf it is a non-finite
 number, and the row is rejected with that reason rather than silently emptied."""
-_SUFFIXES = {"parquet": (".parquet", ".pq"), "csv": (".csv", ".csv.gz"), "jsonl": (".jsonl", ".json", ".jsonl.gz")}
+_SUFFIXES = {"parquet": (".parquet", ".pq"), "csv": (".csv", ".csv.gz", ".tsv", ".tsv.gz"),
+             "jsonl": (".jsonl", ".json", ".jsonl.gz")}
 
 
 READ_ERROR = "read_error"
@@ -36,31 +37,33 @@ READ_ERROR = "read_error"
 a JSONL line that is not a JSON object): their reject reason; their other columns are null."""
 
 
-def _record_batches(fmt: str, handle, encoding: str, kind: str, bad: list[str]) -> Iterator[pa.RecordBatch]:
+def _record_batches(fmt: str, handle, spec: SourceSpec, bad: list[str]) -> Iterator[pa.RecordBatch]:
     """The file's rows in batches. CSV and JSONL tables are read as text (typed later, per
     value: text in a number column rejects that row, wherever it is); lines that cannot be
     rows go to `bad` as reject reasons."""
     if fmt == "parquet":
         yield from pq.ParquetFile(handle).iter_batches(batch_size=ROWS_PER_BATCH)
     elif fmt == "csv":
-        yield from _csv_batches(handle, encoding, bad)
-    elif kind == "table":
+        yield from _csv_batches(handle, spec, bad)
+    elif spec.kind != "image":
         yield from _jsonl_batches(handle, bad)
     else:  # a table of images: binary columns need pyarrow's own JSON types
         yield from pyarrow.json.open_json(handle, read_options=pyarrow.json.ReadOptions(block_size=1 << 22))
 
 
-def _csv_batches(handle, encoding: str, bad: list[str]) -> Iterator[pa.RecordBatch]:
+def _csv_batches(handle, spec: SourceSpec, bad: list[str]) -> Iterator[pa.RecordBatch]:
     def invalid(row) -> str:
         bad.append(f"read: wrong number of fields ({row.actual_columns} instead of {row.expected_columns}: "
                    f"{row.text[:60]!r})")
         return "skip"
 
-    options = pyarrow.csv.ReadOptions(block_size=1 << 22, encoding=encoding)
-    header_only = pyarrow.csv.ParseOptions(invalid_row_handler=lambda row: "skip")
+    options = pyarrow.csv.ReadOptions(block_size=1 << 22, encoding=spec.encoding)
+    quoting = spec.quoting if spec.quoting is not None else spec.delimiter != "\t"
+    dialect = {"delimiter": spec.delimiter, "quote_char": '"' if quoting else False}
+    header_only = pyarrow.csv.ParseOptions(invalid_row_handler=lambda row: "skip", **dialect)
     names = pyarrow.csv.open_csv(handle, read_options=options, parse_options=header_only).schema.names
     handle.seek(0)
-    parse = pyarrow.csv.ParseOptions(invalid_row_handler=invalid)
+    parse = pyarrow.csv.ParseOptions(invalid_row_handler=invalid, **dialect)
     convert = pyarrow.csv.ConvertOptions(null_values=CSV_NULLS, strings_can_be_null=True,
                                          column_types={name: pa.string() for name in names})
     yield from pyarrow.csv.open_csv(handle, read_options=options, parse_options=parse, convert_options=convert)
@@ -114,15 +117,15 @@ def _image_bytes(column: pa.Array) -> pa.Array:
     return column
 
 
-def _read_tables(batch: dict[str, np.ndarray], root: io.Location, fmt: str, image_column: str,
-                 encoding: str, kind: str = "table") -> Iterator[pa.Table]:
+def _read_tables(batch: dict[str, np.ndarray], root: io.Location, spec: SourceSpec) -> Iterator[pa.Table]:
+    fmt, image_column = spec.format, spec.image_column
     for path in batch["path"]:
         uri, ref = root.uri(path), root.ref(path)
         row = 0
         bad: list[str] = []
         try:
             with root.fs.open(path, "rb", compression="infer") as handle:
-                for record_batch in _record_batches(fmt, handle, encoding, kind, bad):
+                for record_batch in _record_batches(fmt, handle, spec, bad):
                     table = pa.Table.from_batches([record_batch])
                     if fmt == "csv":
                         _check_text(table, uri, row, image_column)
@@ -157,8 +160,7 @@ def read(spec: SourceSpec) -> Collected:
         raise SourceError(f"{spec.path}: no {spec.format} files found")
     dataset = paths_dataset(paths, per_block=1).map_batches(
         _read_tables,
-        fn_kwargs={"root": root, "fmt": spec.format, "image_column": spec.image_column, "encoding": spec.encoding,
-                   "kind": spec.kind or "table"},
+        fn_kwargs={"root": root, "spec": spec},
         batch_size=1,
         batch_format="numpy",
     )

@@ -6,8 +6,12 @@ import importlib
 
 _MODELS = {"cvae": ("synth.models.cvae", "ConditionalVAE"), "cgan": ("synth.models.cgan", "ConditionalGAN"),
            "cflow": ("synth.models.flow", "ConditionalFlow"),
-           "tvae": ("synth.models.tvae", "TabularVAE"), "ctgan": ("synth.models.ctgan", "TabularGAN")}
-TABLE_MODELS = ("tvae", "ctgan")
+           "tvae": ("synth.models.tvae", "TabularVAE"), "ctgan": ("synth.models.ctgan", "TabularGAN"),
+           "textlm": ("synth.models.textlm", "TextLM")}
+MODEL_KINDS = {"cvae": "image", "cgan": "image", "cflow": "image", "tvae": "table", "ctgan": "table", "textlm": "text"}
+"""What each model generates (its `modality`), known without importing it."""
+DEFAULT_MODELS = {"image": "cvae", "table": "tvae", "text": "textlm"}
+TABLE_MODELS = tuple(name for name, kind in MODEL_KINDS.items() if kind == "table")
 MODEL_NAMES = tuple(_MODELS)
 
 
@@ -19,4 +23,4 @@ def get_model(name: str):
     return getattr(importlib.import_module(module), cls)()
 
 
-__all__ = ["MODEL_NAMES", "TABLE_MODELS", "get_model"]
+__all__ = ["DEFAULT_MODELS", "MODEL_KINDS", "MODEL_NAMES", "TABLE_MODELS", "get_model"]
