@@ -35,14 +35,14 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
+
+from processes import descendants, pss_kib, run_sampled
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST = os.path.join(ROOT, "..", "shared", "data", "mnist")
@@ -199,56 +199,6 @@ def _child(contender: str, root: str, out: str) -> None:
         _report(began, rows)
 
 
-def _pss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as handle:
-            for line in handle:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(parent, []).append(int(entry))
-    found, stack = [], [pid]
-    while stack:
-        current = stack.pop()
-        found.append(current)
-        stack.extend(children.get(current, []))
-    return found
-
-
-def run_sampled(command: list[str], env: dict[str, str], sample, what: str) -> list[str]:
-    """Run `command`; call `sample(pid)` every 0.2 s while it runs; return its stdout lines."""
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
-    done = threading.Event()
-
-    def loop() -> None:
-        while not done.is_set():
-            sample(child.pid)
-            time.sleep(0.2)
-
-    sampler = threading.Thread(target=loop, daemon=True)
-    sampler.start()
-    lines = child.stdout.read().splitlines()
-    child.wait()
-    done.set()
-    sampler.join()
-    if child.returncode:
-        raise SystemExit(f"{what} failed with exit {child.returncode}")
-    return lines
-
-
 def measure(contender: str, root: str, work: str, memory: bool = False) -> dict:
     """Run one contender in a child process: its timing line, and with `memory` the peak PSS
     of its process tree (a sampled run, not timed)."""
@@ -260,7 +210,7 @@ def measure(contender: str, root: str, work: str, memory: bool = False) -> dict:
     def sample(pid: int) -> None:
         nonlocal peak
         if memory:
-            peak = max(peak, sum(_pss_kib(p) for p in _descendants(pid)))
+            peak = max(peak, sum(pss_kib(p) for p in descendants(pid)))
 
     lines = run_sampled([sys.executable, __file__, "--child", contender, "--root", root, "--out", out], env, sample,
                         contender)

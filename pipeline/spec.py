@@ -193,8 +193,9 @@ class SynthesizeSpec(_Section):
     model: str | None = None
     """Default: `cvae` for images, `tvae` for tables, `textlm` for text."""
     epochs: int | None = Field(default=None, ge=1)
-    """Default: the model's own (cvae/cgan 30, tvae/ctgan 300), for ctgan raised so that it
-    trains at least 10,000 steps (a GAN needs updates: small tables get more epochs)."""
+    """Default: the model's own (cvae/cgan 30, tvae/ctgan 300, textlm 30), for ctgan raised so
+    that it trains at least 10,000 steps (a GAN needs updates: small tables get more epochs),
+    for textlm kept between 1,000 and 3,000 steps (a large corpus gets fewer epochs)."""
     batch_size: int | None = Field(default=None, ge=1)
     """Per-worker batch size (default: the model's own, cvae 128, cgan 64); the global batch
     is `batch_size * workers`."""

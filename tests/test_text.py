@@ -168,7 +168,9 @@ def test_candidate_pairs_over_many_blocks_equal_one_sort_of_every_key(monkeypatc
     first, second = text_ops._group_pairs(flat_keys[order], flat_rows[order])
     expected = np.unique(np.stack([first, second], axis=1), axis=0)
     monkeypatch.setattr(text_ops, "DOCUMENTS_PER_BLOCK", 37)  # 22 blocks: runs of a key cross block edges
-    assert np.array_equal(text_ops.candidate_pairs(rows, keys), expected)
+    column = pa.chunked_array([pa.FixedSizeListArray.from_arrays(pa.array(part.ravel(), pa.uint64()), keys.shape[1])
+                               for part in np.array_split(keys, 3)])  # and chunk edges
+    assert np.array_equal(text_ops.candidate_pairs(text_ops.key_blocks(column, rows), settings.bands), expected)
 
 
 def test_clusters_keep_their_first_document_whatever_the_input_order():

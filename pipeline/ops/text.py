@@ -53,7 +53,9 @@ class TextOp(Operator):
 
 # ------------------------------------------------------------------------------ normalise
 
-_SPACES = re.compile(r"[^\S\n]+")
+_NOT_PLAIN = re.compile(r"[^\x20-\x25\x27-\x7e\n\t]")
+"""Anything ftfy could change: non-ASCII, control characters, `\r`, and `&` (an HTML entity).
+Printable ASCII without `&` is its own NFKC form and holds no mojibake, so it skips ftfy."""
 _BLANK_LINES = re.compile(r"\n{3,}")
 
 
@@ -90,10 +92,13 @@ class Normalize(TextOp):
     def apply(self, text: str, found: Counter) -> str:
         import ftfy
 
-        text = ftfy.fix_text(text, self.config)
+        if _NOT_PLAIN.search(text):
+            text = ftfy.fix_text(text, self.config)
         if self.params.whitespace:
-            text = _BLANK_LINES.sub("\n\n", "\n".join(_SPACES.sub(" ", line).strip() for line in text.split("\n")))
-            text = text.strip()
+            if "\n" in text:
+                text = _BLANK_LINES.sub("\n\n", "\n".join(" ".join(line.split()) for line in text.split("\n"))).strip()
+            else:
+                text = " ".join(text.split())
         return text.lower() if self.params.lowercase else text
 
 
@@ -431,12 +436,15 @@ DOCUMENTS_PER_BLOCK = 1 << 15
 verification block)."""
 
 
-def _explode(table: pa.Table) -> pa.Table:
-    """(row, minhash[bands]) → one (key, row) per band."""
-    bands = table["minhash"].type.list_size
-    keys = table["minhash"].combine_chunks().flatten()
-    rows = np.repeat(table["row"].to_numpy(), bands)
-    return pa.table({"key": keys, "row": pa.array(rows, pa.int64())})
+BANDS_PER_PASS = 5
+"""Bands whose keys go through one sort: the shuffle holds a quarter of all keys at a time."""
+
+
+def _explode(table: pa.Table, first: int, last: int) -> pa.Table:
+    """(row, minhash[bands]) → one (key, row) per band in [first, last)."""
+    keys = np.asarray(table["minhash"].combine_chunks().flatten()).reshape(table.num_rows, -1)[:, first:last]
+    rows = np.repeat(table["row"].to_numpy(), keys.shape[1])
+    return pa.table({"key": pa.array(keys.ravel(), pa.uint64()), "row": pa.array(rows, pa.int64())})
 
 
 def _group_pairs(keys: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -481,33 +489,49 @@ def _verify(table: pa.Table, texts_ref, ngram: int, unit: str) -> pa.Table:
     return table.append_column("jaccard", pa.array(scores, pa.float64()))
 
 
-def candidate_pairs(rows: np.ndarray, minhash: np.ndarray) -> np.ndarray:
+def key_blocks(minhash: pa.ChunkedArray, live: np.ndarray) -> list:
+    """The `live` rows' band keys as object-store blocks of (row, minhash), built chunk by
+    chunk (no copy of the whole column on the driver)."""
+    import ray
+
+    refs, offset = [], 0
+    for chunk in minhash.chunks:
+        rows = live[(live >= offset) & (live < offset + len(chunk))]
+        for start in range(0, len(rows), DOCUMENTS_PER_BLOCK):
+            part = rows[start:start + DOCUMENTS_PER_BLOCK]
+            refs.append(ray.put(pa.table({"row": pa.array(part, pa.int64()),
+                                          "minhash": chunk.take(pa.array(part - offset))})))
+        offset += len(chunk)
+    return refs
+
+
+def candidate_pairs(blocks: list, bands: int) -> np.ndarray:
     """(pairs, 2) row pairs sharing at least one LSH band, found by Ray Data: every (band key,
-    row) goes through a distributed sort on its key, so each block holds runs of equal keys
-    whichever block or node the rows came from, and pairs them; only the keys at block
-    edges (a run may cross into the next block) meet on the driver. No index of all keys is
-    built in one place."""
+    row) goes through a distributed sort on its key (`BANDS_PER_PASS` bands a pass), so each
+    block holds runs of equal keys whichever block or node the rows came from, and pairs them;
+    only the keys at block edges (a run may cross into the next block) meet on the driver. No
+    index of all keys is built in one place."""
     import ray.data
 
-    per_block = DOCUMENTS_PER_BLOCK
-    blocks = [pa.table({"row": pa.array(rows[i:i + per_block], pa.int64()),
-                        "minhash": pa.FixedSizeListArray.from_arrays(
-                            pa.array(minhash[i:i + per_block].ravel(), pa.uint64()), minhash.shape[1])})
-              for i in range(0, len(rows), per_block)]
-    if not blocks:
-        return np.zeros((0, 2), dtype=np.int64)
-    pairs = (ray.data.from_blocks(blocks).map_batches(_explode, batch_format="pyarrow", batch_size=None)
-             .sort("key")
-             .map_batches(_sorted_band_pairs, batch_format="pyarrow", batch_size=None))
-    found = [t for t in ray.get(pairs.to_arrow_refs()) if t.num_rows]
+    found = []
+    for first in range(0, bands, BANDS_PER_PASS) if blocks else ():
+        pairs = (ray.data.from_arrow_refs(blocks)
+                 .map_batches(_explode, batch_format="pyarrow", batch_size=None,
+                              fn_kwargs={"first": first, "last": min(bands, first + BANDS_PER_PASS)})
+                 .sort("key")
+                 .map_batches(_sorted_band_pairs, batch_format="pyarrow", batch_size=None))
+        parts = [t for t in ray.get(pairs.to_arrow_refs()) if t.num_rows]
+        if not parts:
+            continue
+        table = pa.concat_tables(parts)
+        a, b, key = table["a"].to_numpy(), table["b"].to_numpy(), table["key"].to_numpy()
+        edge = b < 0
+        order = np.lexsort((a[edge], key[edge]))
+        edge_a, edge_b = _group_pairs(key[edge][order], a[edge][order])
+        found.append(np.unique(np.stack([np.r_[a[~edge], edge_a], np.r_[b[~edge], edge_b]], axis=1), axis=0))
     if not found:
         return np.zeros((0, 2), dtype=np.int64)
-    table = pa.concat_tables(found)
-    a, b, key = table["a"].to_numpy(), table["b"].to_numpy(), table["key"].to_numpy()
-    edge = b < 0
-    order = np.lexsort((a[edge], key[edge]))
-    edge_a, edge_b = _group_pairs(key[edge][order], a[edge][order])
-    return np.unique(np.stack([np.r_[a[~edge], edge_a], np.r_[b[~edge], edge_b]], axis=1), axis=0)
+    return np.unique(np.concatenate(found), axis=0)
 
 
 @register
@@ -529,12 +553,12 @@ class MinHashDedup(DatasetOp):
 
         p = self.params
         live = np.flatnonzero(reasons == "")
-        minhash = keys["minhash"].combine_chunks()
-        signatures = np.asarray(minhash.flatten()).reshape(len(keys), -1)[live]
-        pairs = candidate_pairs(live, signatures)
+        pairs = candidate_pairs(key_blocks(keys["minhash"], live), p.bands)
         if not len(pairs):
             return []
-        texts_ref = ray.put(keys["text"].combine_chunks())
+        needed = np.unique(pairs)  # only the texts of candidate pairs travel to the verifiers
+        texts_ref = ray.put(keys["text"].take(pa.array(needed)).combine_chunks())
+        pairs = np.searchsorted(needed, pairs)
         per_block = DOCUMENTS_PER_BLOCK
         scored = ray.data.from_blocks([pa.table({"a": pairs[i:i + per_block, 0], "b": pairs[i:i + per_block, 1]})
                                        for i in range(0, len(pairs), per_block)])
@@ -543,7 +567,7 @@ class MinHashDedup(DatasetOp):
             fn_kwargs={"texts_ref": [texts_ref], "ngram": p.ngram, "unit": p.unit}).to_arrow_refs()) if t.num_rows]
         table = pa.concat_tables(verified)
         close = table.filter(pc.greater_equal(table["jaccard"], p.threshold))
-        a, b, score = close["a"].to_numpy(), close["b"].to_numpy(), close["jaccard"].to_numpy()
+        a, b, score = needed[close["a"].to_numpy()], needed[close["b"].to_numpy()], close["jaccard"].to_numpy()
         if not len(a):
             return []
         n = len(reasons)

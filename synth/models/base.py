@@ -44,6 +44,9 @@ class GeneratorModel(Protocol):
     min_steps: ClassVar[int]
     """When the spec leaves `epochs` unset, the default epochs are raised so training takes at
     least this many steps (a GAN needs updates, not passes: small tables get more epochs)."""
+    max_steps: ClassVar[int | None]
+    """Optional: unset `epochs` are also lowered (to one at least) so training takes at most
+    this many steps (a language model on a large corpus learns from tokens, not passes)."""
 
     def build(self, schema: ImageSchema, config: dict[str, Any]) -> dict[str, Any]: ...
 
@@ -89,9 +92,12 @@ def with_defaults(model: GeneratorModel, config: dict[str, Any]) -> dict[str, An
 
 
 def default_epochs(model: GeneratorModel, rows: int, batch_size: int, workers: int) -> int:
-    """The model's default epochs, raised to reach `model.min_steps` steps on `rows` rows."""
+    """The model's default epochs, raised to reach `model.min_steps` steps on `rows` rows and
+    lowered to stay within `model.max_steps`, where the model has one."""
     steps_per_epoch = max(1, -(-rows // (batch_size * workers)))
-    return max(model.defaults["epochs"], -(-model.min_steps // steps_per_epoch))
+    epochs = max(model.defaults["epochs"], -(-model.min_steps // steps_per_epoch))
+    most = getattr(model, "max_steps", None)
+    return min(epochs, max(1, most // steps_per_epoch)) if most else epochs
 
 
 def unwrap(network):
