@@ -10,8 +10,9 @@ case-folded text (100 permutations, 20 bands × 5 rows, Jaccard ≥ 0.7 verified
 shingle sets) and cluster them, keeping the first document of each cluster.
 
 - `datasketch`: one Python process, `datasketch.MinHash` (permutations made once) and
-  `MinHashLSH(params=(20, 5))`; each new document queries the index, is verified against its
-  candidates in source order, joins the first one that passes, and is inserted.
+  `MinHashLSH(params=(20, 5))`; each new document queries the index and is verified against
+  each candidate not already in its cluster (union-find), joining every one that passes, so
+  the clusters are the connected components of the verified pairs; then it is inserted.
 - `datakiln`: the text plug-in's stage (`pipeline.modalities.text`), Ray started before the
   clock: the fused operators and MinHash keys per block in Ray Data, exact dedup on the
   content hashes, near-dedup candidates through a distributed sort of the band keys.
@@ -153,31 +154,41 @@ def run_datasketch(root: str, out: str, docs: int) -> np.ndarray:
     texts = [t for f in files for t in pq.read_table(os.path.join(root, f))["text"].to_pylist()]
     exact: dict[bytes, int] = {}
     normalised: dict[int, str] = {}
-    kept_of: dict[int, int] = {}
-    kept = 0
+    parent: dict[int, int] = {}
+
+    def root(x: int) -> int:
+        while parent.get(x, x) != x:
+            parent[x] = parent.get(parent[x], parent[x])  # path halving
+            x = parent[x]
+        return x
+
+    rep = np.arange(docs)
     for i, raw in enumerate(texts):
         text = normalize.apply(raw, None)
         if not text:
             continue
         digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
         if digest in exact:
-            kept_of[i] = exact[digest]
+            rep[i] = -1 - exact[digest]  # resolved below, once the clusters are final
             continue
         exact[digest] = i
         shingles = _shingle_set(text)
-        minhash = MinHash(num_perm=PERMUTATIONS, seed=1, permutations=template.permutations)
+        minhash = MinHash(num_perm=PERMUTATIONS, seed=1, permutations=template.permutations, scheme=template.scheme)
         minhash.update_batch([s.encode() for s in shingles])
         for candidate in sorted(lsh.query(minhash)):
+            if root(candidate) == root(i):
+                continue
             other = _shingle_set(normalised[candidate])
             if len(shingles & other) / len(shingles | other) >= THRESHOLD:
-                kept_of[i] = candidate
-                break
-        else:
-            kept += 1
+                low, high = sorted((root(candidate), root(i)))
+                parent[high] = low  # the root of a cluster is its first document
         lsh.insert(i, minhash)
         normalised[i] = text
-    _report(time.perf_counter() - began, docs, kept)
-    return _representatives(kept_of, docs)
+    seconds = time.perf_counter() - began
+    for i in range(docs):
+        rep[i] = root(-1 - rep[i]) if rep[i] < 0 else root(int(rep[i]))
+    _report(seconds, docs, int((rep == np.arange(docs)).sum()))
+    return rep
 
 
 def _report(seconds: float, docs: int, kept: int) -> None:

@@ -18,12 +18,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.ops.base import REJECT_REASON, DatasetOp, Operator
 from pipeline.ops.registry import register
-from synth.minhash import MinHasher, MinHashSettings, jaccard
+from synth.minhash import MinHasher, MinHashSettings, pair_jaccard
 
 
 class _Params(BaseModel):
@@ -39,16 +38,22 @@ class TextOp(Operator):
     def apply(self, text: str, found: Counter) -> str:
         raise NotImplementedError
 
-    def run(self, texts: list[str | None], reasons: list[str], found: list[Counter]) -> None:
+    def run(self, texts: list[str | None], reasons: list[str], found: dict[int, Counter]) -> None:
+        """Apply to every live row in place; a `Reject` becomes that row's reason, and what the
+        operator found in row i is added to `found[i]` (rows with nothing found have no entry)."""
         from pipeline.ops.base import Reject
 
+        counts = Counter()
         for i, text in enumerate(texts):
             if reasons[i]:
                 continue
             try:
-                texts[i] = self.apply(text, found[i])
+                texts[i] = self.apply(text, counts)
             except Reject as why:
                 reasons[i] = f"{self.name}: {why}"
+            if counts:
+                found.setdefault(i, Counter()).update(counts)
+                counts.clear()
 
 
 # ------------------------------------------------------------------------------ normalise
@@ -425,19 +430,19 @@ class NearDedupParams(_Params):
         return MinHashSettings(**self.model_dump())
 
 
-GROUP_ALL_PAIRS = 32
+GROUP_ALL_PAIRS = 8
 """Documents sharing a band key are all compared when at most this many; a bigger group (a
 template sent thousands of times) is linked as a chain in source order plus a star on its
 first document, which connects the same component with linear, not quadratic, pairs."""
 
 
 DOCUMENTS_PER_BLOCK = 1 << 15
-"""Documents' band keys per block of the near-dedup shuffle (and candidate pairs per
-verification block)."""
+"""Documents' band keys per block of the near-dedup shuffle."""
 
 
-BANDS_PER_PASS = 5
-"""Bands whose keys go through one sort: the shuffle holds a quarter of all keys at a time."""
+KEYS_PER_PASS = 1 << 22
+"""(key, row) pairs one sort takes at most (64 MiB): bands go through the shuffle in passes,
+so it never holds all keys of a large corpus at once."""
 
 
 def _explode(table: pa.Table, first: int, last: int) -> pa.Table:
@@ -448,20 +453,26 @@ def _explode(table: pa.Table, first: int, last: int) -> pa.Table:
 
 
 def _group_pairs(keys: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate pairs (a < b) among rows sharing a key; `keys` sorted, rows ascending within a key."""
+    """Candidate pairs (a < b) among rows sharing a key; `keys` sorted, rows ascending within
+    a key (a row has one key per band, so no row repeats within one). All in whole-array ops."""
+    empty = np.zeros(0, dtype=np.int64)
+    if len(keys) < 2:
+        return empty, empty
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     sizes = np.diff(np.r_[starts, len(keys)])
-    firsts, seconds = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
-    for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
-        members = np.unique(rows[start:start + size])
-        if len(members) < 2:
-            continue
-        if len(members) <= GROUP_ALL_PAIRS:
-            i, j = np.triu_indices(len(members), k=1)
-            firsts.append(members[i]), seconds.append(members[j])
-        else:
-            firsts += [members[:-1], np.full(len(members) - 2, members[0])]
-            seconds += [members[1:], members[2:]]
+    firsts, seconds = [empty], [empty]
+    for size in range(2, GROUP_ALL_PAIRS + 1):  # small groups: every pair
+        at = starts[sizes == size]
+        if len(at):
+            i, j = np.triu_indices(size, k=1)
+            firsts.append(rows[at[:, None] + i].ravel()), seconds.append(rows[at[:, None] + j].ravel())
+    group = np.repeat(np.arange(len(starts)), sizes)
+    position = np.arange(len(keys)) - starts[group]
+    big = sizes[group] > GROUP_ALL_PAIRS
+    chain = np.flatnonzero(big & (position >= 1))  # each member with the one before it
+    star = np.flatnonzero(big & (position >= 2))  # and with the group's first
+    firsts += [rows[chain - 1], rows[starts[group[star]]]]
+    seconds += [rows[chain], rows[star]]
     return np.concatenate(firsts), np.concatenate(seconds)
 
 
@@ -479,45 +490,98 @@ def _sorted_band_pairs(table: pa.Table) -> pa.Table:
                      "key": np.concatenate([np.zeros(len(a), dtype=np.uint64), keys[edge]])})
 
 
-def _verify(table: pa.Table, texts_ref, ngram: int, unit: str) -> pa.Table:
-    """Each candidate pair's true Jaccard similarity."""
+def _pair_scores(texts: pa.Array, a: np.ndarray, b: np.ndarray, ngram: int, unit: str) -> np.ndarray:
+    """True Jaccard of each pair (indices into `texts`)."""
+    docs = np.unique(np.concatenate([a, b]))
+    return pair_jaccard(dict(zip(docs.tolist(), texts.take(pa.array(docs)).to_pylist())), a, b, ngram, unit)
+
+
+VERIFY_ROUNDS = (1 << 14, 1 << 18)
+"""Candidate pairs verified in the first round and at most in any later one (each round twice
+the last); before each round, the pairs an earlier round already joined are dropped."""
+
+
+def verify_pairs(pairs: np.ndarray, shared: np.ndarray, texts: pa.ChunkedArray, ngram: int, unit: str,
+                 threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidate pairs whose true Jaccard reaches `threshold` that the clusters need:
+    (a, b, jaccard). Pairs are verified in rounds by Ray tasks over the cluster; a pair whose
+    documents an earlier round already put in one cluster is not verified (it cannot change
+    the connected components), so a template seen a thousand times costs about a thousand
+    checks, not its candidate pairs' half a million. Pairs that share more bands (likelier near
+    duplicates, so they join clusters early) go first."""
     import ray
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    texts = ray.get(texts_ref[0])
-    a, b = table["a"].to_numpy(), table["b"].to_numpy()
-    scores = [jaccard(texts[int(x)].as_py(), texts[int(y)].as_py(), ngram, unit) for x, y in zip(a, b)]
-    return table.append_column("jaccard", pa.array(scores, pa.float64()))
+    needed = np.unique(pairs)  # only the texts of candidate pairs travel to the verifiers
+    local = np.searchsorted(needed, pairs)
+    texts_ref = ray.put(texts.take(pa.array(needed)).combine_chunks())
+    score = ray.remote(_pair_scores)
+    parts = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    ties = np.random.default_rng(0).permutation(len(local))  # spread each cluster's pairs over the rounds
+    order = ties[np.argsort(-shared[ties], kind="stable")]
+    found_a, found_b, found_score = [], [], []
+    component = np.arange(len(needed))  # each document's cluster so far (a label, not its first row)
+    start, size = 0, VERIFY_ROUNDS[0]
+    while start < len(order):
+        chunk = local[order[start:start + size]]
+        start, size = start + size, min(2 * size, VERIFY_ROUNDS[1])
+        chunk = chunk[component[chunk[:, 0]] != component[chunk[:, 1]]]
+        if not len(chunk):
+            continue
+        pieces = np.array_split(chunk, min(parts, len(chunk)))
+        scores = np.concatenate(ray.get([score.remote(texts_ref, p[:, 0], p[:, 1], ngram, unit) for p in pieces]))
+        close = scores >= threshold
+        found_a.append(chunk[close, 0]), found_b.append(chunk[close, 1]), found_score.append(scores[close])
+        joined = (component[chunk[close, 0]], component[chunk[close, 1]])  # merge the clusters the new pairs join
+        _, merged = connected_components(coo_matrix((np.ones(len(joined[0])), joined), shape=(len(needed),) * 2),
+                                         directed=False)
+        component = merged[component]
+    if not found_a:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)
+    return needed[np.concatenate(found_a)], needed[np.concatenate(found_b)], np.concatenate(found_score)
 
 
-def key_blocks(minhash: pa.ChunkedArray, live: np.ndarray) -> list:
-    """The `live` rows' band keys as object-store blocks of (row, minhash), built chunk by
-    chunk (no copy of the whole column on the driver)."""
-    import ray
+def _band_keys(table: pa.Table, settings: MinHashSettings) -> pa.Table:
+    """(row, text) → (row, minhash[bands])."""
+    keys = MinHasher(settings).keys(table["text"].to_pylist())
+    return pa.table({"row": table["row"], "minhash": pa.FixedSizeListArray.from_arrays(
+        pa.array(keys.ravel(), pa.uint64()), settings.bands)})
 
-    refs, offset = [], 0
-    for chunk in minhash.chunks:
+
+def key_blocks(texts: pa.ChunkedArray, live: np.ndarray, settings: MinHashSettings) -> list:
+    """The `live` documents' LSH band keys, computed by Ray Data tasks, as object-store blocks
+    of (row, minhash); the driver only slices the texts out, chunk by chunk."""
+    import ray.data
+
+    blocks, offset = [], 0
+    for chunk in texts.chunks:
         rows = live[(live >= offset) & (live < offset + len(chunk))]
         for start in range(0, len(rows), DOCUMENTS_PER_BLOCK):
             part = rows[start:start + DOCUMENTS_PER_BLOCK]
-            refs.append(ray.put(pa.table({"row": pa.array(part, pa.int64()),
-                                          "minhash": chunk.take(pa.array(part - offset))})))
+            blocks.append(pa.table({"row": pa.array(part, pa.int64()), "text": chunk.take(pa.array(part - offset))}))
         offset += len(chunk)
-    return refs
+    if not blocks:
+        return []
+    keyed = ray.data.from_blocks(blocks).map_batches(_band_keys, batch_format="pyarrow", batch_size=None,
+                                                     fn_kwargs={"settings": settings})
+    return keyed.materialize().to_arrow_refs()
 
 
-def candidate_pairs(blocks: list, bands: int) -> np.ndarray:
-    """(pairs, 2) row pairs sharing at least one LSH band, found by Ray Data: every (band key,
-    row) goes through a distributed sort on its key (`BANDS_PER_PASS` bands a pass), so each
-    block holds runs of equal keys whichever block or node the rows came from, and pairs them;
-    only the keys at block edges (a run may cross into the next block) meet on the driver. No
+def candidate_pairs(blocks: list, bands: int, bands_per_pass: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pairs, 2) row pairs sharing at least one LSH band and how many bands each shares (as
+    far as a large group's chain and star show it), found by Ray Data: every (band key, row)
+    goes through a distributed sort on its key (`bands_per_pass` bands a pass), so each block
+    holds runs of equal keys whichever block or node the rows came from, and pairs them; only
+    the keys at block edges (a run may cross into the next block) meet on the driver. No
     index of all keys is built in one place."""
     import ray.data
 
     found = []
-    for first in range(0, bands, BANDS_PER_PASS) if blocks else ():
+    for first in range(0, bands, bands_per_pass) if blocks else ():  # a pass: a few bands' keys
         pairs = (ray.data.from_arrow_refs(blocks)
                  .map_batches(_explode, batch_format="pyarrow", batch_size=None,
-                              fn_kwargs={"first": first, "last": min(bands, first + BANDS_PER_PASS)})
+                              fn_kwargs={"first": first, "last": min(bands, first + bands_per_pass)})
                  .sort("key")
                  .map_batches(_sorted_band_pairs, batch_format="pyarrow", batch_size=None))
         parts = [t for t in ray.get(pairs.to_arrow_refs()) if t.num_rows]
@@ -528,10 +592,11 @@ def candidate_pairs(blocks: list, bands: int) -> np.ndarray:
         edge = b < 0
         order = np.lexsort((a[edge], key[edge]))
         edge_a, edge_b = _group_pairs(key[edge][order], a[edge][order])
-        found.append(np.unique(np.stack([np.r_[a[~edge], edge_a], np.r_[b[~edge], edge_b]], axis=1), axis=0))
+        found.append(np.r_[a[~edge], edge_a] << 32 | np.r_[b[~edge], edge_b])  # one int64 a pair
     if not found:
-        return np.zeros((0, 2), dtype=np.int64)
-    return np.unique(np.concatenate(found), axis=0)
+        return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    pairs, shared = np.unique(np.concatenate(found), return_counts=True)
+    return np.stack([pairs >> 32, pairs & 0xFFFFFFFF], axis=1), shared
 
 
 @register
@@ -542,32 +607,20 @@ class MinHashDedup(DatasetOp):
 
     name = "near_dedup"
     kinds = ("text",)
-    key_column = "minhash"
+    key_column = "text"
     Params = NearDedupParams
 
     def decide(self, keys: pa.Table, reasons: np.ndarray) -> list[tuple[int, int, float]]:
-        import ray
-        import ray.data
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
         p = self.params
         live = np.flatnonzero(reasons == "")
-        pairs = candidate_pairs(key_blocks(keys["minhash"], live), p.bands)
+        pairs, shared = candidate_pairs(key_blocks(keys["text"], live, p.settings()), p.bands,
+                                        bands_per_pass=max(1, KEYS_PER_PASS // max(1, len(live))))
         if not len(pairs):
             return []
-        needed = np.unique(pairs)  # only the texts of candidate pairs travel to the verifiers
-        texts_ref = ray.put(keys["text"].take(pa.array(needed)).combine_chunks())
-        pairs = np.searchsorted(needed, pairs)
-        per_block = DOCUMENTS_PER_BLOCK
-        scored = ray.data.from_blocks([pa.table({"a": pairs[i:i + per_block, 0], "b": pairs[i:i + per_block, 1]})
-                                       for i in range(0, len(pairs), per_block)])
-        verified = [t for t in ray.get(scored.map_batches(
-            _verify, batch_format="pyarrow", batch_size=4096,
-            fn_kwargs={"texts_ref": [texts_ref], "ngram": p.ngram, "unit": p.unit}).to_arrow_refs()) if t.num_rows]
-        table = pa.concat_tables(verified)
-        close = table.filter(pc.greater_equal(table["jaccard"], p.threshold))
-        a, b, score = needed[close["a"].to_numpy()], needed[close["b"].to_numpy()], close["jaccard"].to_numpy()
+        a, b, score = verify_pairs(pairs, shared, keys["text"], p.ngram, p.unit, p.threshold)
         if not len(a):
             return []
         n = len(reasons)
@@ -599,18 +652,15 @@ def content_hash(text: str) -> bytes:
 
 
 class FusedTextOps:
-    """All row operators of a spec over one batch, in order, then the narrow keys the
-    dataset operators decide on: `content_hash` (exact) and `minhash` (LSH band keys, when
-    `near_dedup` is in the spec). Input: `text` (a table's text column renamed), optional
+    """All row operators of a spec over one batch, in order, then the exact-dedup key of each
+    kept document (`content_hash`; near dedup computes its MinHash keys later, for the
+    documents exact dedup keeps). Input: `text` (a table's text column renamed), optional
     `reject_reason` (a line the reader could not take), other columns pass through."""
 
     def __init__(self, entries: list[dict[str, Any]]):
         from pipeline.ops.registry import build
 
         self.row_ops = [op for op in (build(e, "text") for e in entries) if isinstance(op, TextOp)]
-        near = [e for e in entries if e["op"] == "near_dedup"]
-        self.hasher = MinHasher(NearDedupParams.model_validate({k: v for k, v in near[0].items() if k != "op"})
-                                .settings()) if near else None
 
     def __call__(self, table: pa.Table) -> pa.Table:
         texts = table["text"].to_pylist()
@@ -619,21 +669,15 @@ class FusedTextOps:
         for i, text in enumerate(texts):
             if text is None and not reasons[i]:
                 reasons[i] = "read: no text"
-        found = [Counter() for _ in texts]
+        found: dict[int, Counter] = {}
         for op in self.row_ops:
             op.run(texts, reasons, found)
-        live = [i for i, r in enumerate(reasons) if not r]
         hashes = [content_hash(texts[i]) if not reasons[i] else bytes(16) for i in range(len(texts))]
         columns = {name: table[name] for name in table.column_names if name not in ("text", REJECT_REASON)}
         columns["text"] = pa.array([t if not r else None for t, r in zip(texts, reasons)], pa.string())
         columns["content_hash"] = pa.array(hashes, pa.binary(16))
-        if self.hasher is not None:
-            keys = np.zeros((len(texts), self.hasher.params.bands), dtype=np.uint64)
-            if live:
-                keys[live] = self.hasher.keys([texts[i] for i in live])
-            columns["minhash"] = pa.FixedSizeListArray.from_arrays(pa.array(keys.ravel(), pa.uint64()),
-                                                                   self.hasher.params.bands)
-        columns["found"] = pa.array([",".join(f"{k}:{v}" for k, v in sorted(c.items())) for c in found], pa.string())
+        columns["found"] = pa.array([",".join(f"{k}:{v}" for k, v in sorted(found[i].items())) if i in found else ""
+                                     for i in range(len(texts))], pa.string())
         columns[REJECT_REASON] = pa.array(reasons, pa.string())
         return pa.table(columns)
 
