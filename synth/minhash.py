@@ -22,12 +22,18 @@ def shingle_text(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
-def _codes(text: str, unit: str) -> np.ndarray:
-    """The units shingles are made of: code points, or a CRC-32 per word."""
-    text = shingle_text(text)
+def _codes(texts: list[str], unit: str) -> tuple[np.ndarray, np.ndarray]:
+    """The units shingles are made of, for every document at once: code points (the whole
+    batch encoded in one call), or a CRC-32 per word; and how many each document has."""
+    prepared = [shingle_text(t) for t in texts]
     if unit == "char":
-        return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-    return np.array([zlib.crc32(w.encode()) for w in text.split()], dtype=np.uint64)
+        lengths = np.fromiter(map(len, prepared), dtype=np.int64, count=len(prepared))
+        joined = "".join(prepared).encode("utf-32-le", errors="surrogatepass")
+        return np.frombuffer(joined, dtype=np.uint32).astype(np.uint64), lengths
+    words = [t.split() for t in prepared]
+    lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+    return np.fromiter((zlib.crc32(w.encode("utf-8", errors="surrogatepass")) for doc in words for w in doc),
+                       dtype=np.uint64, count=int(lengths.sum())), lengths
 
 
 def batch_shingles(texts: list[str], ngram: int, unit: str) -> tuple[np.ndarray, np.ndarray]:
@@ -35,11 +41,10 @@ def batch_shingles(texts: list[str], ngram: int, unit: str) -> tuple[np.ndarray,
     document (a document shorter than n is one shingle; an empty one has none). One
     polynomial rolling hash over the whole batch, wrapping mod 2^64: deterministic on every
     machine (no salted `hash()`), and no per-document numpy call."""
-    parts = [_codes(t, unit) for t in texts]
-    lengths = np.array([len(c) for c in parts], dtype=np.int64)
+    codes, lengths = _codes(texts, unit)
     if not lengths.sum():
         return np.zeros(0, dtype=np.uint64), np.zeros(len(texts), dtype=np.int64)
-    codes = np.concatenate([*parts, np.zeros(ngram, dtype=np.uint64)])
+    codes = np.concatenate([codes, np.zeros(ngram, dtype=np.uint64)])
     total = int(lengths.sum())
     starts = np.cumsum(lengths) - lengths
     short = np.flatnonzero((lengths > 0) & (lengths < ngram))

@@ -265,14 +265,15 @@ def test_sms_subset_end_to_end(tmp_path):
         f"source.path={SHARED_DATA / 'sms_spam' / 'SMSSpamCollection'}", "source.limit=1200",
         "synthesize.epochs=2", "synthesize.rows=120", "synthesize.options={width: 32, layers: 1, heads: 2, vocab_size: 400}",
         "annotate.labelers=[{type: column}, {type: rules, rules: [{column: sms_message, op: contains, value: FREE, label: spam}]}]",
+        "preprocess.ops=[{op: normalize}, {op: length}, {op: pii}, {op: dedup}, {op: near_dedup}]",
         f"publish.to={tmp_path / 'out'}", f"run_root={tmp_path / 'runs'}"])
     report = run(spec)
     rows = report.lineage["rows"]
     assert rows["rows_in"] == 1200 == rows["rows_out"] + rows["rows_rejected"]
-    normalize = _op("normalize")
+    normalize, pii = _op("normalize"), _op("pii")
     messages = [line.split("\t", 1)[1] for line in
                 (SHARED_DATA / "sms_spam" / "SMSSpamCollection").read_text().splitlines()[1:1201]]
-    distinct = {_apply(normalize, m) for m in messages}
+    distinct = {_apply(pii, _apply(normalize, m)) for m in messages}
     assert rows["rejected_by_reason"]["dedup: duplicate"] == 1200 - len(distinct) > 20
     real = load_published(str(tmp_path / "out"), tmp_path=tmp_path)
     synthetic = load_published(str(tmp_path / "out"), "synthetic", tmp_path=tmp_path)["train"]
@@ -283,7 +284,11 @@ def test_sms_subset_end_to_end(tmp_path):
     train = {" ".join(t.casefold().split()) for t in real["train"]["text"]}
     assert not [t for t in synthetic["text"] if " ".join(t.casefold().split()) in train]
     assert report.metrics["exact_copies"] == 0 and 0 <= report.metrics["tstr_f1"] <= 1
+    found = report.lineage["text_operators"]
+    assert found["pii_phone"] == sum(_apply(pii, _apply(normalize, m)).count("<PHONE>") for m in messages) > 20
+    assert "<PHONE>" in " ".join(real["train"]["text"])
     card = (tmp_path / "out" / "README.md").read_text()
+    assert f"phone {found['pii_phone']}" in card
     assert "## Top word bigrams per class" in card and "## Example rows" in card and "text-classification" in card
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray.data
 
@@ -147,8 +148,10 @@ class TextModality(Modality):
             with folder.fs.open(f"{path.path}.partial", "wb") as handle:
                 pq.write_table(staged, handle)
             folder.fs.mv(f"{path.path}.partial", path.path)  # complete or absent
-        self.found = dict(sorted(sum((Counter(dict((k, int(v)) for k, v in (p.split(":") for p in f.split(",") if p)))
-                                      for f in staged["found"].to_pylist()), Counter()).items()))
+        found = Counter()
+        for entry in pc.drop_null(pc.filter(staged["found"], pc.not_equal(staged["found"], ""))).to_pylist():
+            found.update({kind: int(count) for kind, count in (item.split(":") for item in entry.split(","))})
+        self.found = dict(sorted(found.items()))
         if self.found:
             detail("preprocess", "operators found: " + ", ".join(f"{k} {v}" for k, v in self.found.items()))
         self.rows = staged.drop_columns(["found"])
