@@ -169,7 +169,7 @@ def test_candidate_pairs_over_many_blocks_equal_one_sort_of_every_key(monkeypatc
     first, second = text_ops._group_pairs(flat_keys[order], flat_rows[order])
     expected = np.unique(np.stack([first, second], axis=1), axis=0)
     monkeypatch.setattr(text_ops, "DOCUMENTS_PER_BLOCK", 37)  # 22 blocks: runs of a key cross block edges
-    column = pa.chunked_array([pa.array(list(part)) for part in np.array_split(np.array(docs, dtype=object), 3)])
+    column = pa.chunked_array([pa.array(list(part)) for part in np.array_split(np.array(docs, dtype=object), 3)])  # chunks
     pairs, shared = text_ops.candidate_pairs(text_ops.key_blocks(column, rows, settings), settings.bands, 7)
     assert np.array_equal(pairs, expected) and shared.min() >= 1 and shared.max() <= settings.bands
 

@@ -478,16 +478,18 @@ def _group_pairs(keys: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def _sorted_band_pairs(table: pa.Table) -> pa.Table:
     """One block of (key, row) sorted by key: the candidate pairs of the keys wholly inside
-    it, and the rows of its first and last key as boundary records (`b` = -1; a key may go on
+    it (`a << 32 | b`, with how many of the block's bands each shares), and the rows of its
+    first and last key as boundary records (`shared` = 0, the row in `pair`; a key may go on
     in the next block), which the driver pairs."""
     keys, rows = table["key"].to_numpy(), table["row"].to_numpy()
     order = np.lexsort((rows, keys))
     keys, rows = keys[order], rows[order]
     edge = (keys == keys[0]) | (keys == keys[-1]) if len(keys) else np.zeros(0, dtype=bool)
     a, b = _group_pairs(keys[~edge], rows[~edge])
-    return pa.table({"a": np.concatenate([a, rows[edge]]),
-                     "b": np.concatenate([b, np.full(int(edge.sum()), -1, dtype=np.int64)]),
-                     "key": np.concatenate([np.zeros(len(a), dtype=np.uint64), keys[edge]])})
+    pairs, shared = np.unique(a << 32 | b, return_counts=True)  # a pair sharing several bands once, with their count
+    return pa.table({"pair": np.concatenate([pairs, rows[edge]]),
+                     "shared": np.concatenate([shared, np.zeros(int(edge.sum()), dtype=np.int64)]),
+                     "key": np.concatenate([np.zeros(len(pairs), dtype=np.uint64), keys[edge]])})
 
 
 def _pair_scores(texts: pa.Array, a: np.ndarray, b: np.ndarray, ngram: int, unit: str) -> np.ndarray:
@@ -499,6 +501,8 @@ def _pair_scores(texts: pa.Array, a: np.ndarray, b: np.ndarray, ngram: int, unit
 VERIFY_ROUNDS = (1 << 14, 1 << 18)
 """Candidate pairs verified in the first round and at most in any later one (each round twice
 the last); before each round, the pairs an earlier round already joined are dropped."""
+PAIRS_PER_TASK = 1 << 13
+"""A verification task's pairs: its sort of their shingles stays within ~20 MiB."""
 
 
 def verify_pairs(pairs: np.ndarray, shared: np.ndarray, texts: pa.ChunkedArray, ngram: int, unit: str,
@@ -529,7 +533,7 @@ def verify_pairs(pairs: np.ndarray, shared: np.ndarray, texts: pa.ChunkedArray, 
         chunk = chunk[component[chunk[:, 0]] != component[chunk[:, 1]]]
         if not len(chunk):
             continue
-        pieces = np.array_split(chunk, min(parts, len(chunk)))
+        pieces = np.array_split(chunk, max(parts, -(-len(chunk) // PAIRS_PER_TASK)))
         scores = np.concatenate(ray.get([score.remote(texts_ref, p[:, 0], p[:, 1], ngram, unit) for p in pieces]))
         close = scores >= threshold
         found_a.append(chunk[close, 0]), found_b.append(chunk[close, 1]), found_score.append(scores[close])
@@ -551,16 +555,13 @@ def _band_keys(table: pa.Table, settings: MinHashSettings) -> pa.Table:
 
 def key_blocks(texts: pa.ChunkedArray, live: np.ndarray, settings: MinHashSettings) -> list:
     """The `live` documents' LSH band keys, computed by Ray Data tasks, as object-store blocks
-    of (row, minhash); the driver only slices the texts out, chunk by chunk."""
+    of (row, minhash), `DOCUMENTS_PER_BLOCK` documents each."""
     import ray.data
 
-    blocks, offset = [], 0
-    for chunk in texts.chunks:
-        rows = live[(live >= offset) & (live < offset + len(chunk))]
-        for start in range(0, len(rows), DOCUMENTS_PER_BLOCK):
-            part = rows[start:start + DOCUMENTS_PER_BLOCK]
-            blocks.append(pa.table({"row": pa.array(part, pa.int64()), "text": chunk.take(pa.array(part - offset))}))
-        offset += len(chunk)
+    chosen = texts.take(pa.array(live))
+    blocks = [pa.table({"row": pa.array(live[start:start + DOCUMENTS_PER_BLOCK], pa.int64()),
+                        "text": chosen.slice(start, DOCUMENTS_PER_BLOCK).combine_chunks()})
+              for start in range(0, len(live), DOCUMENTS_PER_BLOCK)]
     if not blocks:
         return []
     keyed = ray.data.from_blocks(blocks).map_batches(_band_keys, batch_format="pyarrow", batch_size=None,
@@ -588,14 +589,15 @@ def candidate_pairs(blocks: list, bands: int, bands_per_pass: int) -> tuple[np.n
         if not parts:
             continue
         table = pa.concat_tables(parts)
-        a, b, key = table["a"].to_numpy(), table["b"].to_numpy(), table["key"].to_numpy()
-        edge = b < 0
-        order = np.lexsort((a[edge], key[edge]))
-        edge_a, edge_b = _group_pairs(key[edge][order], a[edge][order])
-        found.append(np.r_[a[~edge], edge_a] << 32 | np.r_[b[~edge], edge_b])  # one int64 a pair
+        pair, shared, key = table["pair"].to_numpy(), table["shared"].to_numpy(), table["key"].to_numpy()
+        edge = shared == 0
+        order = np.lexsort((pair[edge], key[edge]))
+        edge_a, edge_b = _group_pairs(key[edge][order], pair[edge][order])
+        found.append((np.r_[pair[~edge], edge_a << 32 | edge_b], np.r_[shared[~edge], np.ones(len(edge_a), np.int64)]))
     if not found:
         return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64)
-    pairs, shared = np.unique(np.concatenate(found), return_counts=True)
+    pairs, index = np.unique(np.concatenate([p for p, _ in found]), return_inverse=True)
+    shared = np.bincount(index, weights=np.concatenate([c for _, c in found])).astype(np.int64)
     return np.stack([pairs >> 32, pairs & 0xFFFFFFFF], axis=1), shared
 
 
