@@ -107,7 +107,7 @@ def _representatives(kept_of: dict[int, int], docs: int) -> np.ndarray:
     return rep
 
 
-def run_datakiln(root: str, out: str, docs: int) -> np.ndarray:
+def run_datakiln(root: str, out: str, docs: int) -> tuple:
     from cluster.runtime import configure_data_context, connect
     from pipeline.modalities import RunContext
     from pipeline.modalities.text import TextModality
@@ -123,15 +123,18 @@ def run_datakiln(root: str, out: str, docs: int) -> np.ndarray:
     modality = TextModality(spec, RunContext("bench", out, "bench", {}))
     staged = modality.stage(modality.collect(), fresh=True)
     seconds = time.perf_counter() - began
-    per_file = -(-docs // FILES)
-    refs = staged.refs.to_pylist()
-    index = _doc_index(refs, per_file)
+    _report(seconds, docs, int((staged.reasons == "").sum()))
+    return staged.refs, staged.reasons
+
+
+def datakiln_clusters(refs: list[str], reasons: list[str], docs: int) -> np.ndarray:
+    """Each document's cluster from the stage's reject reasons (`… duplicate of <ref> …`)."""
+    index = _doc_index(refs, -(-docs // FILES))
     by_ref = dict(zip(refs, index))
     kept_of = {}
-    for doc, reason in zip(index, staged.reasons):
+    for doc, reason in zip(index, reasons):
         if " duplicate of " in reason:
             kept_of[int(doc)] = int(by_ref[reason.split(" duplicate of ")[1].split(" (")[0]])
-    _report(seconds, docs, int((staged.reasons == "").sum()))
     return _representatives(kept_of, docs)
 
 
@@ -196,9 +199,27 @@ def _report(seconds: float, docs: int, kept: int) -> None:
 
 
 def _child(contender: str, root: str, out: str, docs: int) -> None:
+    """One contender's run; what it found goes to `out` for the parent to compare, so that
+    turning it into clusters is not counted in the contender's memory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     os.makedirs(out, exist_ok=True)
-    rep = {"datakiln": run_datakiln, "datasketch": run_datasketch}[contender](root, out, docs)
-    np.save(os.path.join(out, "clusters.npy"), rep)
+    if contender == "datakiln":
+        refs, reasons = run_datakiln(root, out, docs)
+        pq.write_table(pa.table({"source_ref": refs, "reason": pa.array(reasons, pa.string())}),
+                       os.path.join(out, "found.parquet"))
+    else:
+        np.save(os.path.join(out, "clusters.npy"), run_datasketch(root, out, docs))
+
+
+def _clusters(contender: str, out: str, docs: int) -> np.ndarray:
+    if contender == "datakiln":
+        import pyarrow.parquet as pq
+
+        found = pq.read_table(os.path.join(out, "found.parquet"))
+        return datakiln_clusters(found["source_ref"].to_pylist(), found["reason"].to_pylist(), docs)
+    return np.load(os.path.join(out, "clusters.npy"))
 
 
 def measure(contender: str, root: str, work: str, docs: int, memory: bool = False) -> dict:
@@ -216,7 +237,7 @@ def measure(contender: str, root: str, work: str, docs: int, memory: bool = Fals
                          "--docs", str(docs)], env, sample, contender)
     result = json.loads([line for line in lines if line.startswith('{"seconds"')][-1])
     result.update(docs_per_s=result["docs"] / result["seconds"], peak_pss_mib=peak / 1024,
-                  clusters=np.load(os.path.join(out, "clusters.npy")))
+                  clusters=_clusters(contender, out, docs))
     shutil.rmtree(out, ignore_errors=True)
     shown = f"peak PSS {result['peak_pss_mib']:,.0f} MiB" if memory else (
         f"{result['seconds']:.1f} s = {result['docs_per_s']:,.0f} docs/s, {result['kept']:,} kept")

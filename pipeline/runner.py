@@ -27,6 +27,7 @@ import ray.data
 
 from pipeline import io, modalities, plots, publish
 from pipeline.annotate import PENDING_REVIEW, annotate, export_review, needs_classifier, read_human_labels
+from pipeline.columns import take_rows
 from pipeline.commit import TargetError, check_target, commit, is_hub
 from pipeline.console import CONSOLE, detail, log
 from pipeline.errors import GateError, SpecError
@@ -76,7 +77,7 @@ def account_rejects(spec: Spec, run_id: str, run_dir: str, refs: pa.ChunkedArray
         shutil.rmtree(folder)
     if len(rejected):
         os.makedirs(folder)
-        pq.write_table(pa.table({"source_ref": refs.take(pa.array(rejected)), "reason": list(reasons[rejected]),
+        pq.write_table(pa.table({"source_ref": take_rows(refs, rejected), "reason": list(reasons[rejected]),
                                  "reason_key": kinds}), os.path.join(folder, "rejects.parquet"))
     detail("preprocess", f"rows in {rows_in}, rejected {len(rejected)} {by_reason or ''}"
         + (f", pending review {pending}" if pending else ""))

@@ -21,6 +21,7 @@ import ray.data
 
 from pipeline import io, ops, plots, sources
 from pipeline.annotate import Annotation
+from pipeline.columns import reason_array
 from pipeline.console import CONSOLE, detail, log
 from pipeline.errors import SpecError
 from pipeline.evaluate import check_inception_weights
@@ -152,7 +153,7 @@ class ImageModality(Modality):
         key = image_stage_key(spec, collected.fingerprints, self.run.code_version)
         self.staged = build_stage(spec, collected, stage_folder(spec, key, fresh), key)
         keys = self.staged.keys
-        reasons = np.array(keys[REJECT_REASON].to_pylist(), dtype=object)
+        reasons = reason_array(keys[REJECT_REASON])
         _, dataset_ops = ops.split_ops(op_entries(spec))
         self.duplicates = {op.name: op.decide(keys, reasons) for op in dataset_ops}
         self.resolved_ops = self.staged.resolved_ops + [{"op": op.name, **op.params.model_dump()} for op in dataset_ops]

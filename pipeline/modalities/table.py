@@ -26,6 +26,7 @@ import ray.data
 
 from pipeline import io, plots, sources
 from pipeline.annotate import Annotation
+from pipeline.columns import reason_array
 from pipeline.console import CONSOLE, detail, log
 from pipeline.errors import SourceError, SpecError
 from pipeline.modalities.base import Modality, Staged
@@ -252,7 +253,7 @@ class TableModality(Modality):
                         types={n: str(t) for n, t in self.types.items()}, kinds=self.kinds)
         folder = stage_folder(spec, key, fresh)
         cleaned, reused = _cleaned_stage(collected, self.types, [n for n, k in self.kinds.items() if k != "id"], folder)
-        reasons = np.array(cleaned[REJECT_REASON].to_pylist(), dtype=object)
+        reasons = reason_array(cleaned[REJECT_REASON])
         duplicates = registry.build({"op": "dedup"}).decide(cleaned, reasons) if spec.preprocess.dedup_rows else []
         log("preprocess", f"{cleaned.num_rows} rows cast to their column types; "
             f"{len(duplicates)} exact duplicate rows")

@@ -26,6 +26,7 @@ import ray.data
 
 from pipeline import io, plots, sources
 from pipeline.annotate import Annotation
+from pipeline.columns import keep_rows, reason_array
 from pipeline.console import CONSOLE, detail, log
 from pipeline.errors import SourceError, SpecError
 from pipeline.modalities.base import Modality, Staged
@@ -41,6 +42,9 @@ from pipeline.stage import stage_folder, stage_key
 PROVENANCE = ("origin", "generator", "source_ref")
 LABEL_COLUMNS = ("label_source", "label_confidence", "label_issue", "suggested_label")
 STAGE_FILE = "staged.parquet"
+DOCUMENTS_PER_BATCH = 4096
+"""Documents the row operators take at once, whatever the size of a source file: a worker's
+memory does not grow with the files."""
 READING_GUIDE = [
     "How to read these numbers. **Utility**: a fixed TF-IDF + logistic-regression recipe trained on",
     "synthetic texts (TSTR) or real train texts (TRTR), tested on the real test split; `tstr_ratio` is",
@@ -74,6 +78,7 @@ def _prepare(table: pa.Table, spec_source: dict[str, Any], label_column: str, ke
             columns[name] = table[name] if name in table.column_names else pa.nulls(n, pa.string())
     if unreadable:
         columns[REJECT_REASON] = table[READ_ERROR]
+    columns["ref_hash"] = pa.array(ref_hashes(table["source_ref"].to_pylist()), pa.uint64())
     return FusedTextOps(entries)(pa.table(columns))
 
 
@@ -154,19 +159,17 @@ class TextModality(Modality):
         self.found = dict(sorted(found.items()))
         if self.found:
             detail("preprocess", "operators found: " + ", ".join(f"{k} {v}" for k, v in self.found.items()))
-        self.rows = staged.drop_columns(["found"])
+        self.rows = staged.drop_columns(["found", "ref_hash"])
         keys = self.rows.drop_columns([REJECT_REASON])
         if spec.source.text_column not in keys.column_names:  # rules may name the source's text column
             keys = keys.append_column(spec.source.text_column, keys["text"])
-        return Staged(keys=keys, given=self.rows[self.label_column],
-                      reasons=np.array(self.rows[REJECT_REASON].to_pylist(), dtype=object),
-                      ref_hashes=ref_hashes(self.rows["source_ref"].to_pylist()),
-                      stage={"key": key, "folder": folder.url, "reused": reused})
+        return Staged(keys=keys, given=self.rows[self.label_column], reasons=reason_array(self.rows[REJECT_REASON]),
+                      ref_hashes=staged["ref_hash"].to_numpy(), stage={"key": key, "folder": folder.url, "reused": reused})
 
     def _run_operators(self, collected, entries: list[dict[str, Any]], keep: list[str]) -> pa.Table:
         spec = self.spec
         marked = collected.dataset.map_batches(
-            _prepare, batch_format="pyarrow",
+            _prepare, batch_format="pyarrow", batch_size=DOCUMENTS_PER_BATCH,
             fn_kwargs={"spec_source": spec.source.model_dump(include={"text_column", "format", "path"}),
                        "label_column": self.label_column, "keep": keep, "entries": entries})
         progress = CONSOLE.progress("preprocess", collected.rows, "docs")
@@ -178,7 +181,7 @@ class TextModality(Modality):
         if not parts:
             raise SourceError(f"{spec.source.path}: the source holds no documents")
         staged = pa.concat_tables(parts, promote_options="permissive")
-        reasons = np.array(staged[REJECT_REASON].to_pylist(), dtype=object)
+        reasons = reason_array(staged[REJECT_REASON])
         decided = []
         for entry in entries:
             op = registry.build(entry, "text")
@@ -186,8 +189,10 @@ class TextModality(Modality):
                 decided.append(f"{entry['op']} {len(op.decide(staged, reasons))}")
         progress.close(f"{staged.num_rows:,} documents, {int((reasons != '').sum()):,} rejected"
                        + (f" ({', '.join(decided)})" if decided else ""))
-        columns = [c for c in staged.column_names if c not in ("minhash", "content_hash", REJECT_REASON)]
-        return staged.select(columns).append_column(REJECT_REASON, pa.array(list(reasons), pa.string()))
+        # Without the texts of rejected rows: their reason is final, and a corpus of copies is mostly them.
+        columns = {name: staged[name] for name in staged.column_names if name not in ("text", "content_hash")}
+        columns.update({"text": keep_rows(staged["text"], reasons == ""), REJECT_REASON: pa.array(reasons, pa.string())})
+        return pa.table(columns).select([c for c in staged.column_names if c != "content_hash"])
 
     def classifier(self) -> TextClassifier:
         return TextClassifier(self.rows["text"].to_pylist())

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.columns import take_rows
 from pipeline.ops.base import DatasetOp
 from pipeline.ops.registry import register
 
@@ -93,13 +94,19 @@ class ExactDedup(DatasetOp):
         _, first, inverse = np.unique(hashes, axis=0, return_index=True, return_inverse=True)
         inverse = inverse.ravel()
         kept_of = live[first[inverse]]  # np.unique's first index is the earliest row of each group
-        refs = keys["source_ref"]
-        found = []
-        for row in np.flatnonzero(live != kept_of):
-            kept, row = int(kept_of[row]), int(live[row])
-            reasons[row] = f"dedup: duplicate of {refs[kept].as_py()}"
-            found.append((kept, row, 0))
-        return found
+        marked = live != kept_of
+        rows, kept = live[marked], kept_of[marked]
+        reasons[rows] = shared_reasons("dedup: duplicate of {}", keys["source_ref"], kept)
+        return list(zip(kept.tolist(), rows.tolist(), [0] * len(rows)))
+
+
+def shared_reasons(template: str, refs: pa.ChunkedArray, kept: np.ndarray) -> np.ndarray:
+    """`template` filled with the source reference of each row in `kept`, as an object array
+    in which the rows that name the same kept row share one string: a corpus with a million
+    copies of a few thousand documents holds a few thousand reasons, not a million."""
+    unique, inverse = np.unique(kept, return_inverse=True)
+    texts = np.array([template.format(ref) for ref in take_rows(refs, unique).to_pylist()], dtype=object)
+    return texts[inverse.ravel()] if len(kept) else np.zeros(0, dtype=object)
 
 
 class NearDedupParams(BaseModel):

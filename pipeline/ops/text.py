@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipeline.columns import take_rows
 from pipeline.ops.base import REJECT_REASON, DatasetOp, Operator
 from pipeline.ops.registry import register
 from synth.minhash import MinHasher, MinHashSettings, pair_jaccard
@@ -440,8 +441,8 @@ DOCUMENTS_PER_BLOCK = 1 << 15
 """Documents' band keys per block of the near-dedup shuffle."""
 
 
-KEYS_PER_PASS = 1 << 22
-"""(key, row) pairs one sort takes at most (64 MiB): bands go through the shuffle in passes,
+KEYS_PER_PASS = 1 << 21
+"""(key, row) pairs one sort takes at most (32 MiB): bands go through the shuffle in passes,
 so it never holds all keys of a large corpus at once."""
 
 
@@ -518,8 +519,8 @@ def verify_pairs(pairs: np.ndarray, shared: np.ndarray, texts: pa.ChunkedArray, 
     from scipy.sparse.csgraph import connected_components
 
     needed = np.unique(pairs)  # only the texts of candidate pairs travel to the verifiers
-    local = np.searchsorted(needed, pairs)
-    texts_ref = ray.put(texts.take(pa.array(needed)).combine_chunks())
+    local = np.searchsorted(needed, pairs).astype(np.int32)
+    texts_ref = ray.put(take_rows(texts, needed))
     score = ray.remote(_pair_scores)
     parts = max(1, int(ray.cluster_resources().get("CPU", 1)))
     ties = np.random.default_rng(0).permutation(len(local))  # spread each cluster's pairs over the rounds
@@ -558,14 +559,15 @@ def key_blocks(texts: pa.ChunkedArray, live: np.ndarray, settings: MinHashSettin
     of (row, minhash), `DOCUMENTS_PER_BLOCK` documents each."""
     import ray.data
 
-    chosen = texts.take(pa.array(live))
-    blocks = [pa.table({"row": pa.array(live[start:start + DOCUMENTS_PER_BLOCK], pa.int64()),
-                        "text": chosen.slice(start, DOCUMENTS_PER_BLOCK).combine_chunks()})
-              for start in range(0, len(live), DOCUMENTS_PER_BLOCK)]
+    import ray
+
+    # One block at a time into the object store: the driver never holds a copy of every text.
+    blocks = [ray.put(pa.table({"row": pa.array(rows, pa.int64()), "text": take_rows(texts, rows)}))
+              for rows in (live[start:start + DOCUMENTS_PER_BLOCK] for start in range(0, len(live), DOCUMENTS_PER_BLOCK))]
     if not blocks:
         return []
-    keyed = ray.data.from_blocks(blocks).map_batches(_band_keys, batch_format="pyarrow", batch_size=None,
-                                                     fn_kwargs={"settings": settings})
+    keyed = ray.data.from_arrow_refs(blocks).map_batches(_band_keys, batch_format="pyarrow", batch_size=None,
+                                                         fn_kwargs={"settings": settings})
     return keyed.materialize().to_arrow_refs()
 
 
@@ -578,27 +580,37 @@ def candidate_pairs(blocks: list, bands: int, bands_per_pass: int) -> tuple[np.n
     index of all keys is built in one place."""
     import ray.data
 
-    found = []
+    pairs, shared = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     for first in range(0, bands, bands_per_pass) if blocks else ():  # a pass: a few bands' keys
-        pairs = (ray.data.from_arrow_refs(blocks)
+        found = (ray.data.from_arrow_refs(blocks)
                  .map_batches(_explode, batch_format="pyarrow", batch_size=None,
                               fn_kwargs={"first": first, "last": min(bands, first + bands_per_pass)})
                  .sort("key")
                  .map_batches(_sorted_band_pairs, batch_format="pyarrow", batch_size=None))
-        parts = [t for t in ray.get(pairs.to_arrow_refs()) if t.num_rows]
+        parts = [t for t in ray.get(found.to_arrow_refs()) if t.num_rows]
         if not parts:
             continue
         table = pa.concat_tables(parts)
-        pair, shared, key = table["pair"].to_numpy(), table["shared"].to_numpy(), table["key"].to_numpy()
-        edge = shared == 0
+        pair, count, key = table["pair"].to_numpy(), table["shared"].to_numpy(), table["key"].to_numpy()
+        del parts, table
+        edge = count == 0
         order = np.lexsort((pair[edge], key[edge]))
         edge_a, edge_b = _group_pairs(key[edge][order], pair[edge][order])
-        found.append((np.r_[pair[~edge], edge_a << 32 | edge_b], np.r_[shared[~edge], np.ones(len(edge_a), np.int64)]))
-    if not found:
-        return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64)
-    pairs, index = np.unique(np.concatenate([p for p, _ in found]), return_inverse=True)
-    shared = np.bincount(index, weights=np.concatenate([c for _, c in found])).astype(np.int64)
+        pairs, shared = merge_counts(pairs, shared, np.r_[pair[~edge], edge_a << 32 | edge_b],
+                                     np.r_[count[~edge], np.ones(len(edge_a), np.int64)])
     return np.stack([pairs >> 32, pairs & 0xFFFFFFFF], axis=1), shared
+
+
+def merge_counts(keys: np.ndarray, counts: np.ndarray, more: np.ndarray, more_counts: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique `keys` with their summed counts, `more` added: a pass's pairs are merged
+    as it ends, so the driver never holds every pass's pairs with their repeats at once."""
+    keys, counts = np.concatenate([keys, more]), np.concatenate([counts, more_counts])
+    order = np.argsort(keys, kind="stable")
+    keys, counts = keys[order], counts[order]
+    del order
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, dtype=np.int64)
+    return keys[starts], np.add.reduceat(counts, starts) if len(starts) else counts
 
 
 @register
@@ -630,20 +642,17 @@ class MinHashDedup(DatasetOp):
         best = np.zeros(n)
         np.maximum.at(best, b, score)
         np.maximum.at(best, a, score)
-        linked = np.unique(np.concatenate([a, b]))
-        first = {}
-        for row in linked:  # ascending: the first row of each component is its kept document
-            first.setdefault(component[row], row)
-        sizes = np.bincount(component[linked], minlength=component.max() + 1)
-        refs = keys["source_ref"]
-        found = []
-        for row in linked:
-            kept = first[component[row]]
-            if kept != row:
-                reasons[row] = (f"near_dedup: near duplicate of {refs[int(kept)].as_py()} "
-                                f"(cluster of {sizes[component[row]]}, jaccard up to {best[row]:.2f})")
-                found.append((int(kept), int(row), float(best[row])))
-        return found
+        linked = np.unique(np.concatenate([a, b]))  # ascending: the first row of each component is its kept document
+        clusters, first, sizes = np.unique(component[linked], return_index=True, return_counts=True)
+        at = np.searchsorted(clusters, component[linked])
+        kept_of = linked[first][at]
+        marked = linked != kept_of
+        rows, kept, size = linked[marked], kept_of[marked], sizes[at][marked]
+        unique_kept, inverse = np.unique(kept, return_inverse=True)
+        refs = np.array(take_rows(keys["source_ref"], unique_kept).to_pylist(), dtype=object)[inverse.ravel()]
+        reasons[rows] = [f"near_dedup: near duplicate of {ref} (cluster of {n}, jaccard up to {j:.2f})"
+                         for ref, n, j in zip(refs, size.tolist(), best[rows].tolist())]
+        return list(zip(kept.tolist(), rows.tolist(), best[rows].tolist()))
 
 
 # ------------------------------------------------------------------------------ the row pass
