@@ -11,6 +11,8 @@ import logging
 import os
 import tempfile
 
+from cluster.memory import return_freed_arrow_memory
+
 LOCAL_MIN_LOGICAL_CPUS = 4
 """More logical CPUs than cores avoids actor-pool deadlocks on small machines."""
 
@@ -24,6 +26,7 @@ def connect(address: str | None = None, temp_dir: str | None = None) -> None:
         return
     # Inherited by the local workers: Ray Data's per-dataset INFO lines are noise to users.
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+    return_freed_arrow_memory()
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, logging_level=logging.WARNING, logging_config=_worker_logging())
@@ -64,6 +67,8 @@ EMBEDDED_ENVIRONMENT = {
 def set_embedded_environment() -> None:
     for name, value in EMBEDDED_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
+    return_freed_arrow_memory()
+
 
 
 def embedded_resources() -> dict[str, int]:
@@ -199,5 +204,8 @@ def configure_data_context() -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
+    from ray.util.debug import log_once
+
+    log_once("ray_data_progress_manager_disabled")  # disabled on purpose: no "Progress bars disabled" warning
     context.execution_options.preserve_order = True
     context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED

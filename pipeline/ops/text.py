@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cluster.memory import return_free_heap
 from pipeline.columns import take_rows
 from pipeline.ops.base import REJECT_REASON, DatasetOp, Operator
 from pipeline.ops.registry import register
@@ -488,28 +489,46 @@ def _sorted_band_pairs(table: pa.Table) -> pa.Table:
     edge = (keys == keys[0]) | (keys == keys[-1]) if len(keys) else np.zeros(0, dtype=bool)
     a, b = _group_pairs(keys[~edge], rows[~edge])
     pairs, shared = np.unique(a << 32 | b, return_counts=True)  # a pair sharing several bands once, with their count
-    return pa.table({"pair": np.concatenate([pairs, rows[edge]]),
-                     "shared": np.concatenate([shared, np.zeros(int(edge.sum()), dtype=np.int64)]),
-                     "key": np.concatenate([np.zeros(len(pairs), dtype=np.uint64), keys[edge]])})
+    found = pa.table({"pair": np.concatenate([pairs, rows[edge]]),
+                      "shared": np.concatenate([shared, np.zeros(int(edge.sum()), dtype=np.int64)]),
+                      "key": np.concatenate([np.zeros(len(pairs), dtype=np.uint64), keys[edge]])})
+    del keys, rows, order, a, b, pairs, shared
+    return_free_heap()  # the sort's temporaries: the worker goes on to other tasks
+    return found
 
 
 def _pair_scores(texts: pa.Array, a: np.ndarray, b: np.ndarray, ngram: int, unit: str) -> np.ndarray:
     """True Jaccard of each pair (indices into `texts`)."""
     docs = np.unique(np.concatenate([a, b]))
-    return pair_jaccard(dict(zip(docs.tolist(), texts.take(pa.array(docs)).to_pylist())), a, b, ngram, unit)
+    scores = pair_jaccard(dict(zip(docs.tolist(), texts.take(pa.array(docs)).to_pylist())), a, b, ngram, unit)
+    return_free_heap()
+    return scores
 
 
 VERIFY_ROUNDS = (1 << 14, 1 << 18)
 """Candidate pairs verified in the first round and at most in any later one (each round twice
 the last); before each round, the pairs an earlier round already joined are dropped."""
-PAIRS_PER_TASK = 1 << 13
-"""A verification task's pairs: its sort of their shingles stays within ~20 MiB."""
+PAIRS_PER_TASK = 1 << 12
+"""A verification task's pairs: its shingles and their sort take ~12 MiB (26 MiB at 8,192)."""
 
 
-def verify_pairs(pairs: np.ndarray, shared: np.ndarray, texts: pa.ChunkedArray, ngram: int, unit: str,
-                 threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The candidate pairs whose true Jaccard reaches `threshold` that the clusters need:
-    (a, b, jaccard). Pairs are verified in rounds by Ray tasks over the cluster; a pair whose
+def local_pairs(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows in `pairs` (ascending) and the pairs as int32 positions among them, built one
+    column at a time: for a million pairs 4 MiB of temporaries a column, where `np.unique`
+    and `searchsorted` over both columns took ~50 MiB."""
+    seen = np.zeros(int(pairs.max()) + 1, dtype=bool)
+    seen[pairs[:, 0]] = True
+    seen[pairs[:, 1]] = True
+    position = np.cumsum(seen, dtype=np.int32) - 1
+    local = np.empty(pairs.shape, dtype=np.int32)
+    local[:, 0], local[:, 1] = position[pairs[:, 0]], position[pairs[:, 1]]
+    return np.flatnonzero(seen), local
+
+
+def verify_pairs(needed: np.ndarray, local: np.ndarray, shared: np.ndarray, texts: pa.ChunkedArray, ngram: int,
+                 unit: str, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidate pairs (`local`: positions in `needed`, rows of `texts`; see `local_pairs`)
+    whose true Jaccard reaches `threshold` that the clusters need: (a, b, jaccard). Pairs are verified in rounds by Ray tasks over the cluster; a pair whose
     documents an earlier round already put in one cluster is not verified (it cannot change
     the connected components), so a template seen a thousand times costs about a thousand
     checks, not its candidate pairs' half a million. Pairs that share more bands (likelier near
@@ -518,18 +537,18 @@ def verify_pairs(pairs: np.ndarray, shared: np.ndarray, texts: pa.ChunkedArray, 
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    needed = np.unique(pairs)  # only the texts of candidate pairs travel to the verifiers
-    local = np.searchsorted(needed, pairs).astype(np.int32)
-    texts_ref = ray.put(take_rows(texts, needed))
+    texts_ref = ray.put(take_rows(texts, needed))  # only the texts of candidate pairs travel to the verifiers
     score = ray.remote(_pair_scores)
     parts = max(1, int(ray.cluster_resources().get("CPU", 1)))
     ties = np.random.default_rng(0).permutation(len(local))  # spread each cluster's pairs over the rounds
-    order = ties[np.argsort(-shared[ties], kind="stable")]
+    local[:] = local[ties[np.argsort(-shared[ties].astype(np.int16), kind="stable")]]  # in place: the caller's too
+    del ties
+    return_free_heap()  # the sort's temporaries, before the rounds (the driver's peak)
     found_a, found_b, found_score = [], [], []
     component = np.arange(len(needed))  # each document's cluster so far (a label, not its first row)
     start, size = 0, VERIFY_ROUNDS[0]
-    while start < len(order):
-        chunk = local[order[start:start + size]]
+    while start < len(local):
+        chunk = local[start:start + size]
         start, size = start + size, min(2 * size, VERIFY_ROUNDS[1])
         chunk = chunk[component[chunk[:, 0]] != component[chunk[:, 1]]]
         if not len(chunk):
@@ -598,7 +617,9 @@ def candidate_pairs(blocks: list, bands: int, bands_per_pass: int) -> tuple[np.n
         edge_a, edge_b = _group_pairs(key[edge][order], pair[edge][order])
         pairs, shared = merge_counts(pairs, shared, np.r_[pair[~edge], edge_a << 32 | edge_b],
                                      np.r_[count[~edge], np.ones(len(edge_a), np.int64)])
-    return np.stack([pairs >> 32, pairs & 0xFFFFFFFF], axis=1), shared
+        del pair, count, key, edge, order, edge_a, edge_b
+        return_free_heap()  # the pass's temporaries, so they do not stay with the driver through verification
+    return np.stack([pairs >> 32, pairs & 0xFFFFFFFF], axis=1), shared.astype(np.min_scalar_type(bands))
 
 
 def merge_counts(keys: np.ndarray, counts: np.ndarray, more: np.ndarray, more_counts: np.ndarray
@@ -634,7 +655,9 @@ class MinHashDedup(DatasetOp):
                                         bands_per_pass=max(1, KEYS_PER_PASS // max(1, len(live))))
         if not len(pairs):
             return []
-        a, b, score = verify_pairs(pairs, shared, keys["text"], p.ngram, p.unit, p.threshold)
+        needed, local = local_pairs(pairs)
+        del pairs  # int32 positions from here on: half the memory through verification
+        a, b, score = verify_pairs(needed, local, shared, keys["text"], p.ngram, p.unit, p.threshold)
         if not len(a):
             return []
         n = len(reasons)
