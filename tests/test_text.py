@@ -174,6 +174,17 @@ def test_candidate_pairs_over_many_blocks_equal_one_sort_of_every_key(monkeypatc
     assert np.array_equal(pairs, expected) and shared.min() >= 1 and shared.max() <= settings.bands
 
 
+def test_merged_pass_counts_equal_one_count_over_every_pass():
+    rng = np.random.default_rng(3)
+    keys, counts = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint8)
+    passes = [(rng.integers(0, 5_000, n), rng.integers(1, 3, n).astype(np.uint8)) for n in (3_000, 0, 4_000, 1)]
+    for more, more_counts in passes:
+        keys, counts = text_ops.merge_counts(keys, counts, more, more_counts)
+    every, inverse = np.unique(np.concatenate([p[0] for p in passes]), return_inverse=True)
+    totals = np.bincount(inverse.ravel(), weights=np.concatenate([p[1] for p in passes]))
+    assert np.array_equal(keys, every) and np.array_equal(counts, totals) and counts.dtype == np.uint8
+
+
 def test_clusters_keep_their_first_document_whatever_the_input_order():
     base = "the quick brown fox jumps over the lazy dog while the cat sleeps in the warm sun all day long"
     variants = [base, base.replace("quick", "quack"), base.replace("lazy", "lousy"), base.replace("warm", "hot")]

@@ -599,7 +599,8 @@ def candidate_pairs(blocks: list, bands: int, bands_per_pass: int) -> tuple[np.n
     index of all keys is built in one place."""
     import ray.data
 
-    pairs, shared = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    count_type = np.min_scalar_type(bands)  # a pair shares each band once: counts never pass `bands`
+    pairs, shared = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=count_type)
     for first in range(0, bands, bands_per_pass) if blocks else ():  # a pass: a few bands' keys
         found = (ray.data.from_arrow_refs(blocks)
                  .map_batches(_explode, batch_format="pyarrow", batch_size=None,
@@ -609,29 +610,41 @@ def candidate_pairs(blocks: list, bands: int, bands_per_pass: int) -> tuple[np.n
         parts = [t for t in ray.get(found.to_arrow_refs()) if t.num_rows]
         if not parts:
             continue
-        table = pa.concat_tables(parts)
-        pair, count, key = table["pair"].to_numpy(), table["shared"].to_numpy(), table["key"].to_numpy()
-        del parts, table
+        table = pa.concat_tables(parts)  # the blocks' own buffers: no copy
+        del parts
+        count = table["shared"].to_numpy().astype(count_type)
         edge = count == 0
-        order = np.lexsort((pair[edge], key[edge]))
-        edge_a, edge_b = _group_pairs(key[edge][order], pair[edge][order])
-        pairs, shared = merge_counts(pairs, shared, np.r_[pair[~edge], edge_a << 32 | edge_b],
-                                     np.r_[count[~edge], np.ones(len(edge_a), np.int64)])
-        del pair, count, key, edge, order, edge_a, edge_b
+        edge_rows = table["pair"].filter(pa.array(edge)).to_numpy()  # few: the rows of keys at block edges
+        edge_keys = table["key"].filter(pa.array(edge)).to_numpy()
+        order = np.lexsort((edge_rows, edge_keys))
+        edge_a, edge_b = _group_pairs(edge_keys[order], edge_rows[order])
+        inner = table["pair"].filter(pa.array(~edge)).to_numpy()
+        del table
+        pairs, shared = merge_counts(pairs, shared, np.r_[inner, edge_a << 32 | edge_b],
+                                     np.r_[count[~edge], np.ones(len(edge_a), count_type)])
+        del count, edge, edge_rows, edge_keys, order, edge_a, edge_b, inner
         return_free_heap()  # the pass's temporaries, so they do not stay with the driver through verification
-    return np.stack([pairs >> 32, pairs & 0xFFFFFFFF], axis=1), shared.astype(np.min_scalar_type(bands))
+    return np.stack([pairs >> 32, pairs & 0xFFFFFFFF], axis=1), shared
 
 
 def merge_counts(keys: np.ndarray, counts: np.ndarray, more: np.ndarray, more_counts: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted unique `keys` with their summed counts, `more` added: a pass's pairs are merged
-    as it ends, so the driver never holds every pass's pairs with their repeats at once."""
-    keys, counts = np.concatenate([keys, more]), np.concatenate([counts, more_counts])
-    order = np.argsort(keys, kind="stable")
-    keys, counts = keys[order], counts[order]
+    """Sorted unique `keys` with their counts, `more` (unsorted, repeats allowed) added with
+    theirs summed: a pass's pairs are merged as it ends, so the driver never holds every
+    pass's pairs with their repeats at once. `more` is sorted on its own and inserted into
+    `keys`, so no index over both is built."""
+    order = np.argsort(more, kind="stable")
+    more, more_counts = more[order], more_counts[order]
     del order
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, dtype=np.int64)
-    return keys[starts], np.add.reduceat(counts, starts) if len(starts) else counts
+    if len(more):
+        starts = np.flatnonzero(np.r_[True, more[1:] != more[:-1]])
+        more, more_counts = more[starts], np.add.reduceat(more_counts, starts)
+    at = np.searchsorted(keys, more)
+    present = at < len(keys)
+    present[present] = keys[at[present]] == more[present]
+    counts = counts.copy()
+    counts[at[present]] += more_counts[present]
+    return np.insert(keys, at[~present], more[~present]), np.insert(counts, at[~present], more_counts[~present])
 
 
 @register
