@@ -50,7 +50,9 @@ def connect(address: str | None = None, temp_dir: str | None = None) -> None:
     from ray.util.debug import log_once
 
     log_once("cpu_warning")
-    _warm_workers(embedded_resources()["CPU"])
+    global _embedded_cores
+    _embedded_cores = os.cpu_count() or 1
+    _warm_workers(_embedded_cores)
 
 
 EMBEDDED_ENVIRONMENT = {
@@ -166,17 +168,64 @@ def _import_data_path() -> None:
         importlib.import_module(plugin.split(":")[0])
 
 
+_embedded_cores: int | None = None
+"""The cores of the embedded runtime this process started (None: a cluster, or Ray started elsewhere)."""
+_warming: list = []
+"""The warm-up tasks `connect` started and nothing has waited for yet."""
+
+
 def _warm_workers(count: int) -> None:
-    """Have `count` idle workers import Ray Data and datakiln's data path now, in the
-    background: a worker's first Ray Data task otherwise pays ~1 s of imports, and the first
-    stage's tasks would all pay it at once (it overlaps with listing the source instead)."""
+    """Have `count` workers (one per core) import Ray Data and datakiln's data path now, in
+    the background, while the driver lists the source: a worker's first Ray Data task
+    otherwise pays ~1 s of imports. `await_warm_workers` waits for them before the first pass.
+    Ray Data's two cluster-wide actors (its stats actor and its autoscaling coordinator,
+    processes of their own) start now too: the first dataset otherwise starts them, and its
+    first tasks waited ~1 s for them (measured on 2 cores). They are Ray Data internals, so a
+    Ray without these names just skips this."""
     import ray
 
     # num_cpus=0: the warm-up holds no CPU, so the first dataset finds its CPUs free (Ray Data warns
     # "does not have any available CPUs" otherwise); the workers it starts are reused by it.
     warm = ray.remote(num_cpus=0)(_import_data_path)
-    for _ in range(count):
-        warm.remote()
+    _warming.extend(warm.remote() for _ in range(count))
+    try:
+        from ray.data._internal.cluster_autoscaler import get_or_create_autoscaling_coordinator
+        from ray.data._internal.stats import get_or_create_stats_actor
+    except ImportError:
+        return
+    get_or_create_autoscaling_coordinator()
+    get_or_create_stats_actor()
+
+
+def await_warm_workers(timeout_s: float = 60.0) -> None:
+    """Wait for the warm-up that `connect` started (a no-op when there is none). Call it before
+    the first dataset runs: a task submitted while the warm-up still holds the workers makes
+    Ray start another worker, which pays the imports again (on 2 cores, ~3 s before the first
+    row pass began, measured)."""
+    import ray
+
+    if _warming:
+        ray.wait(_warming, num_returns=len(_warming), timeout=timeout_s)
+        _warming.clear()
+
+
+def row_pass_compute():
+    """How a CPU-bound row pass (a source's read fused with its row operators) runs: Ray
+    tasks, at most one per core in an embedded runtime, whose logical CPUs outnumber its cores
+    on purpose (for actor pools): a task beyond the cores only adds a worker process that
+    pays its imports. Unbounded on a cluster. Both maps of a pass must use it to stay fused."""
+    import ray.data
+
+    return ray.data.TaskPoolStrategy(size=_embedded_cores)
+
+
+def run_on_every_core(dataset):
+    """Let a single-operator pass use all the CPUs it may: Ray Data 2.60's per-operator
+    reservation gives a pass that reads from memory half of them (the other half is shared
+    with its input buffer, which never runs a task), so its tasks ran mostly one at a time
+    (1.2 of 2 at once on average, measured)."""
+    dataset.context.op_resource_reservation_enabled = False
+    return dataset
 
 
 def _worker_logging():

@@ -119,3 +119,67 @@ def test_unchanged_input_pngs_are_published_as_they_are(tmp_path):
         assert published[name] != (root / name).read_bytes()
         decoded = np.asarray(Image.open(io.BytesIO(published[name])))
         assert published[name][:8] == b"\x89PNG\r\n\x1a\n" and decoded.shape == (12, 12) and decoded.dtype == np.uint8
+
+
+def _sleep_and_clock(batch):
+    import time
+
+    start = time.time()
+    time.sleep(0.4)
+    return {"start": [start], "end": [time.time()]}
+
+
+def _most_at_once(intervals: list[tuple[float, float]]) -> int:
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = most = 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    return most
+
+
+@pytest.mark.parametrize("cores", [2, 3])
+def test_a_row_pass_runs_as_many_tasks_at_once_as_it_is_allowed(cores):
+    """Ray Data 2.60 ran a single-operator pass's tasks one at a time (its per-operator
+    reservation shares half the CPUs with the input buffer, which runs no task); a row pass
+    runs `row_pass_compute`'s number of tasks at once, and no more."""
+    import pyarrow as pa
+    import ray.data
+
+    from cluster.runtime import run_on_every_core
+
+    blocks = ray.data.from_blocks([pa.table({"x": [i]}) for i in range(3 * cores)])
+    row_pass = run_on_every_core(blocks.map_batches(_sleep_and_clock, batch_size=None,
+                                                    compute=ray.data.TaskPoolStrategy(size=cores)))
+    row_pass.take_all()  # the first run may wait for worker processes to start
+    most, concurrency = [], []
+    for _ in range(3):  # the best of three runs: a run may still wait for a worker now and then
+        rows = row_pass.take_all()
+        assert len(rows) == 3 * cores
+        intervals = [(row["start"], row["end"]) for row in rows]
+        most.append(_most_at_once(intervals))
+        span = max(end for _, end in intervals) - min(start for start, _ in intervals)
+        concurrency.append(sum(end - start for start, end in intervals) / span)
+    assert max(most) == cores
+    assert max(concurrency) >= 0.8 * cores  # tasks at once on average; 1.2 of 2 before (measured)
+
+
+def test_image_read_tasks_take_files_by_bytes(tmp_path, monkeypatch):
+    """A read task takes `BYTES_PER_BLOCK` of files (large photos: few files, so a task's
+    decoded pixels stay bounded), at most `MAX_FILES_PER_BLOCK` (tiny files: many, so a task
+    has enough work to amortise its start)."""
+    from pipeline.sources import images
+    from pipeline.spec import SourceSpec
+
+    for i in range(8):
+        (tmp_path / "a").mkdir(exist_ok=True)
+        (tmp_path / "a" / f"{i}.png").write_bytes(png_bytes(np.random.default_rng(i).integers(0, 256, (96, 96), np.uint8)))
+    sizes = [path.stat().st_size for path in (tmp_path / "a").iterdir()]
+
+    def blocks() -> int:
+        return images.read(SourceSpec(format="images", path=str(tmp_path))).dataset.materialize().num_blocks()
+
+    monkeypatch.setattr(images, "BYTES_PER_BLOCK", 3 * sum(sizes) // len(sizes))
+    assert blocks() == 3  # 3 + 3 + 2 files
+    monkeypatch.setattr(images, "MAX_FILES_PER_BLOCK", 2)
+    assert blocks() == 4

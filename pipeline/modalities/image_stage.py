@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 import ray
 import ray.data
 
+from cluster.runtime import row_pass_compute, run_on_every_core
 from pipeline import io, ops
 from pipeline.console import CONSOLE, log
 from pipeline.errors import SourceError
@@ -162,10 +163,10 @@ def build_stage(spec: Spec, collected: Collected, folder: io.Location, key: str)
                           f"(columns: {', '.join(c for c in columns if c != 'image_bytes')})")
     shape = ops.resolve_auto(row_ops, first)
     fused = ops.FusedRowOps(row_ops, shape)
-    blocks = collected.dataset.map_batches(
-        _stage_block, batch_size=None, batch_format="numpy",
+    blocks = run_on_every_core(collected.dataset.map_batches(
+        _stage_block, batch_size=None, batch_format="numpy", compute=row_pass_compute(),
         fn_kwargs={"fused": fused, "folder": folder, "label_column": spec.annotate.label_column,
-                   "perceptual": "phash" in _key_columns(spec)})
+                   "perceptual": "phash" in _key_columns(spec)}))
     parts, tables = [], []
     progress = CONSOLE.progress("preprocess", collected.rows, "rows")
     rejected = 0
