@@ -26,7 +26,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.preprocess import _descendants, _pss_kib, make_input, run_sampled, stage_only_spec  # noqa: E402
+from benchmarks.preprocess import make_input, stage_only_spec  # noqa: E402
+from benchmarks.processes import descendants, pss_kib, run_sampled  # noqa: E402
 
 
 def _child(root: str, out: str, object_store_mib: int) -> None:
@@ -61,8 +62,8 @@ def measure(root: str, work: str, object_store_mib: int) -> dict:
 
     def sample(pid: int) -> None:
         nonlocal driver_peak, other_peak
-        driver_peak = max(driver_peak, _pss_kib(pid))
-        other_peak = max([other_peak, *(_pss_kib(p) for p in _descendants(pid) if p != pid)])
+        driver_peak = max(driver_peak, pss_kib(pid))
+        other_peak = max([other_peak, *(pss_kib(p) for p in descendants(pid) if p != pid)])
 
     lines = run_sampled([sys.executable, __file__, "--child", "--root", root, "--out", out, "--store-mib",
                          str(object_store_mib)], {**os.environ, "RAY_DATA_LOG_LEVEL": "WARNING"}, sample,

@@ -117,3 +117,32 @@ def test_the_run_skeleton_names_no_modality():
             words += [getattr(node, "module", None) or ""] + [alias.name for alias in node.names]
     named = sorted({word for word in words if set(re.split(r"[^a-z]+", word.lower())) & MODALITY_WORDS})
     assert named == []
+
+
+def _top_level_names(path: Path) -> set[str]:
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return names
+
+
+def test_every_name_a_benchmark_takes_from_another_exists():
+    """The benchmark scripts share helpers (`processes.py`, `preprocess.py`); no test runs them
+    whole, so a renamed helper would only show when someone runs the script."""
+    scripts = {path.stem: path for path in (ROOT / "benchmarks").glob("*.py")}
+    missing = []
+    for path in scripts.values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                source = node.module.removeprefix("benchmarks.")
+                if source in scripts:
+                    defined = _top_level_names(scripts[source])
+                    missing += [f"{path.name}:{node.lineno} {alias.name} (from {source}.py)"
+                                for alias in node.names if alias.name not in defined]
+    assert not missing
