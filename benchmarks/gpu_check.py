@@ -96,7 +96,7 @@ def main() -> None:
 
     def step() -> dict[str, torch.Tensor]:
         index = torch.randint(0, rows, (args.batch_size,), device=device, generator=generator)
-        inputs = place_inputs(model.inputs({k: v[index] for k, v in data.items()}), precision)
+        inputs = place_inputs(model.inputs({k: v[index] for k, v in data.items()}), device, precision)
         with autocast_for(device, precision):
             return model.training_step(networks, *inputs, optimizers)
 

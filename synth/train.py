@@ -32,6 +32,11 @@ from synth.step import autocast_for, place_inputs, prepare_module, resolve_preci
 STATE_FILE = "state.pt"
 PROGRESS_SECONDS = 0.5
 """Rank 0 tells the driver's progress board where it is at most this often."""
+GRID_SHARE = 0.05
+"""Image models draw a sample grid after an epoch once the training since the last grid took
+at least 1 / GRID_SHARE times as long as drawing it (every epoch for a cvae; every few for a
+U-Net that samples in dozens of network calls: a grid every epoch took 15 % of `cflow`'s
+training on CIFAR-10), and always after the last epoch."""
 SHARD_CACHE_BYTES = 2 * 2**30
 """A worker reads its shard into memory once when it is at most this big, so epochs skip
 re-running the Ray Data pipeline (the main per-epoch overhead) and a resumed run replays
@@ -92,7 +97,8 @@ class TrainConfig:
     """Folder (shared storage, beside the checkpoints) where each training attempt is recorded."""
     checkpoint_every: int = 1
     precision: str = "auto"
-    """On GPU: `bf16`, `fp32`, or `auto` (see `synth.step.resolve_precision`); CPU runs fp32."""
+    """`bf16`, `fp32`, or `auto` (see `synth.step.resolve_precision`; CPU: bf16 only when asked
+    and native)."""
 
 
 def _state(networks: dict[str, Any], optimizers: dict[str, Any], epoch: int, step: int) -> dict[str, Any]:
@@ -215,11 +221,15 @@ def train_loop(config: dict[str, Any]) -> None:
     if board is not None:
         if device.type == "cuda":
             board.say.remote(f"{precision} on {torch.cuda.get_device_name(device)}")
+        elif cfg.precision == "bf16":
+            board.say.remote("bf16 on CPU" if precision == "bf16" else
+                             "fp32: this CPU has no native bf16 arithmetic (AVX-512 BF16 or AMX), where bf16 is slower")
         if start >= cfg.epochs:
             board.say.remote(f"already trained: all {cfg.epochs} epochs are in the last checkpoint (step {step})")
         elif start:
             board.say.remote(f"resuming at epoch {start + 1}/{cfg.epochs} (step {step})")
     shard = _Shard(ray.train.get_dataset_shard("train"), cfg.batch_size, device, cfg.seed * 1000 + rank)
+    grid_seconds, trained_since_grid = 0.0, 0.0
     for epoch in range(start, cfg.epochs):
         for net in networks.values():
             net.train()
@@ -227,7 +237,7 @@ def train_loop(config: dict[str, Any]) -> None:
         seen, began = 0, time.perf_counter()
         shown_at = began
         for batch in shard.epoch(epoch):
-            inputs = place_inputs(model.inputs(batch), precision)
+            inputs = place_inputs(model.inputs(batch), device, precision)
             with autocast_for(device, precision):
                 losses = model.training_step(networks, *inputs, optimizers)
             rows = len(inputs[0])
@@ -243,12 +253,23 @@ def train_loop(config: dict[str, Any]) -> None:
         if board is not None:
             _show(board, epoch + 1, 0, step, {k: v for k, v in metrics.items() if k not in ("epoch", "step", "rows_per_s")})
         if rank == 0:
-            if model.modality == "image":
-                grid = class_grid(model, unwrap(networks[model.sampler_name()]), schema.num_classes, cfg.model_config)
+            trained_since_grid += time.perf_counter() - began
+            if model.modality == "image" and grid_due(epoch + 1 == cfg.epochs, trained_since_grid, grid_seconds):
+                drawn_at = time.perf_counter()
+                with autocast_for(device, precision):
+                    grid = class_grid(model, unwrap(networks[model.sampler_name()]), schema.num_classes,
+                                      cfg.model_config)
                 save_png(grid, f"{cfg.attempts_uri.rsplit('/', 1)[0]}/samples/epoch-{epoch + 1:03d}.png")
+                grid_seconds, trained_since_grid = time.perf_counter() - drawn_at, 0.0
             _record_epoch(_history_uri(cfg), metrics)
         if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
             _report(networks, optimizers, epoch, step, metrics)
+
+
+def grid_due(last_epoch: bool, trained_since_grid: float, grid_seconds: float) -> bool:
+    """Whether to draw a sample grid now: after the last epoch, or once the training since the
+    last grid took at least 1 / GRID_SHARE times as long as that grid did to draw."""
+    return last_epoch or trained_since_grid * GRID_SHARE >= grid_seconds
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Conformance of every generator model to the protocol, plus model-specific learning checks."""
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -119,6 +120,85 @@ def test_rgb_samples_follow_their_class(name, steps, rate):
     assert torch.equal(samples.mean(dim=(2, 3)).argmax(dim=1), wanted)
 
 
+def _randomised_flow(schema, **settings):
+    """A small cflow whose zero-initialised layers are drawn at random, so its velocity field is
+    neither zero nor linear (as after training)."""
+    model, config, networks, _ = _small("cflow", schema, **settings)
+    sampler = networks["ema"].eval()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for parameter in sampler.parameters():
+            if not parameter.any():
+                parameter.normal_(0, 0.05)
+    return model, config, sampler
+
+
+class _RotatingField(torch.nn.Module):
+    """dx/dt = 2·cos(3t)·x, solved exactly by x(1) = x(0)·exp(2·sin(3)/3): a smooth field
+    that stands in for a trained network, so each solver's order of accuracy shows."""
+
+    def __init__(self, schema, solver, steps):
+        super().__init__()
+        self.schema, self.solver, self.steps, self.guidance = schema, solver, steps, 1.0
+
+    def forward(self, x, t, labels):
+        return 2 * torch.cos(3 * t)[:, None, None, None] * x
+
+
+def test_flow_solvers_reach_their_order_of_accuracy():
+    """Euler's error halves when the steps double; Heun's and ab2's fall about fourfold, and ab2
+    at N network calls beats Euler at N by far."""
+    schema = ImageSchema(height=4, width=4, channels=1, num_classes=1)
+    model = get_model("cflow")
+    noise = 0.8 * torch.rand(2, 16, generator=torch.Generator().manual_seed(0)) - 0.4
+    exact = ((noise * math.exp(2 * math.sin(3) / 3)).reshape(2, 1, 4, 4) + 1) / 2
+
+    def error(solver, steps):
+        return float((model.sample(_RotatingField(schema, solver, steps), torch.zeros(2), noise) - exact).abs().max())
+
+    assert 0.4 < error("euler", 32) / error("euler", 16) < 0.6
+    for solver in ("heun", "ab2"):
+        assert error(solver, 32) / error(solver, 16) < 0.35, solver
+    assert error("ab2", 16) < error("euler", 16) / 5
+
+
+def test_flow_guidance_applies_only_inside_its_interval():
+    schema = ImageSchema(height=8, width=8, channels=1, num_classes=3)
+    model, config, sampler = _randomised_flow(schema, sample_steps=6)
+    labels, noise = torch.tensor([0, 1, 2]), torch.randn(3, 64, generator=torch.Generator().manual_seed(0))
+    samples = {}
+    for guidance, interval in ((1.0, (0.0, 1.0)), (3.0, (0.0, 0.0)), (3.0, (0.1, 0.7)), (3.0, (0.0, 1.0))):
+        sampler.guidance, (sampler.guided_from, sampler.guided_until) = guidance, interval
+        samples[guidance, interval] = model.sample(sampler, labels, noise)
+    assert torch.equal(samples[1.0, (0.0, 1.0)], samples[3.0, (0.0, 0.0)])  # an empty interval: no guidance
+    distinct = [samples[3.0, (0.0, 0.0)], samples[3.0, (0.1, 0.7)], samples[3.0, (0.0, 1.0)]]
+    assert not torch.equal(distinct[0], distinct[1]) and not torch.equal(distinct[1], distinct[2])
+    with pytest.raises(ValueError, match="guidance_interval: want"):
+        model.sampler(schema, {**config, "guidance_interval": [0.7, 0.1]})
+
+
+@pytest.mark.skipif(not __import__("synth.step").step.cpu_has_bf16(), reason="this CPU has no native bf16")
+def test_bf16_sampling_on_cpu_stays_within_a_few_levels_of_fp32(tmp_path):
+    from synth.sample import _Sampler
+
+    schema = ImageSchema(height=8, width=8, channels=3, num_classes=3)
+    model, config, sampler = _randomised_flow(schema, sample_steps=6)  # a velocity that is not zero
+    save_generator(str(tmp_path), "cflow", sampler, schema, config)
+    rows = {"id": np.arange(12)}
+    full = _Sampler(str(tmp_path), 0, "g", "fp32")(rows)["image"].astype(int)
+    half = _Sampler(str(tmp_path), 0, "g", "bf16")(rows)["image"].astype(int)
+    assert not np.array_equal(full, half)  # bf16 is in use
+    assert np.abs(full - half).mean() < 2.0 and np.abs(full - half).max() <= 16
+
+
+def test_sample_grids_take_a_small_share_of_training():
+    from synth.train import GRID_SHARE, grid_due
+
+    assert grid_due(False, 1.0, 0.0)  # the first epoch: no grid cost known yet
+    assert not grid_due(False, 10.0, 1.0) and grid_due(False, 1.0 / GRID_SHARE, 1.0)
+    assert grid_due(True, 0.0, 100.0)  # always after the last epoch
+
+
 def test_row_noise_depends_on_row_id_only():
     ids = np.arange(10)
     assert np.array_equal(row_noise(1, ids, 3)[4:6], row_noise(1, ids[4:6], 3))
@@ -158,19 +238,21 @@ def test_table_models_honour_the_condition_and_export(name, tmp_path):
 
 
 def test_precision_resolves_per_device_and_batch():
-    from synth.step import AUTO_BF16_MIN_BATCH_VALUES, place_inputs, resolve_precision
+    from synth.step import AUTO_BF16_MIN_BATCH_VALUES, cpu_has_bf16, place_inputs, resolve_precision
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert {resolve_precision(p, cpu, 10**9) for p in ("auto", "bf16", "fp32")} == {"fp32"}
+    assert resolve_precision("auto", cpu, 10**9) == "fp32" and resolve_precision("fp32", cpu, 10**9) == "fp32"
+    assert resolve_precision("bf16", cpu, 1) == ("bf16" if cpu_has_bf16() else "fp32")  # emulated bf16 is slower
     assert resolve_precision("auto", cuda, 512 * 28 * 28) == "fp32"  # launch-bound: fp32 is faster
     assert resolve_precision("auto", cuda, AUTO_BF16_MIN_BATCH_VALUES) == "bf16"
     assert resolve_precision("bf16", cuda, 1) == "bf16" and resolve_precision("fp32", cuda, 10**9) == "fp32"
     with pytest.raises(ValueError, match="unknown precision 'fp16'"):
         resolve_precision("fp16", cuda, 1)
     images, labels = torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long)
-    placed, same = place_inputs((images, labels), "bf16")
+    placed, same = place_inputs((images, labels), cuda, "bf16")
     assert placed.is_contiguous(memory_format=torch.channels_last) and same is labels
-    assert place_inputs((images, labels), "fp32")[0] is images
+    assert place_inputs((images, labels), cuda, "fp32")[0] is images
+    assert place_inputs((images, labels), cpu, "bf16")[0] is images  # channels_last slows CPU convolutions
 
 
 def test_ema_tracks_the_trained_generator():

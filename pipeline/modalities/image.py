@@ -208,7 +208,7 @@ class ImageModality(Modality):
         progress = CONSOLE.progress("sample", num_classes * syn.samples_per_class, "images")
         with watch(lambda state: progress.update(state["done"])) as board:
             self.synthetic = sample(model_dir, num_classes, syn.samples_per_class, self.spec.seed, generator_id,
-                                    syn.sampler_actors, board=board).materialize()
+                                    syn.sampler_actors, board=board, precision=syn.precision).materialize()
         rows = self.synthetic.count()
         progress.close(f"{rows:,} images from {generator_id}")
         return rows

@@ -6,10 +6,19 @@ a U-Net regresses the velocity x₁ − x₀ from (x_t, t, class) with one mean-
 class is dropped (replaced by a learned "no class" embedding) for `label_dropout` of the
 rows, so one network gives both the conditional and the unconditional velocity.
 
-Sampling integrates dx/dt = v from t = 0 to 1 with `sample_steps` Euler or Heun steps, with
+Sampling integrates dx/dt = v from t = 0 to 1 in `sample_steps` steps on the times
+t_k = (k / steps)^1.5 (shorter steps near the noise, where the trajectories turn most), with
 classifier-free guidance: v = v(x, t, ∅) + guidance·(v(x, t, y) − v(x, t, ∅)) (guidance 1 is
-plain conditional sampling). The only randomness is x₀, which is the row's noise, so a row
-is the same image on any worker. Samples come from an EMA of the weights.
+plain conditional sampling), applied only for t in `guidance_interval` (default [0.1, 0.7):
+guidance near the noise narrows the variety and near the image does nothing, Kynkäänniemi et
+al. 2024; on CIFAR-10 TSTR 0.4705 vs 0.466 with guidance throughout, for 21 % fewer network
+calls at 12 steps). Solvers: `ab2` (the default: second-order Adams–Bashforth, one
+network evaluation a step, reusing the previous step's velocity), `heun` (second order, two
+evaluations a step) and `euler`. Against a 200-evaluation Heun reference on the 32×32 CIFAR-10
+model, guidance 2, the RMS pixel error (of 2) was: ab2 12 steps 0.021 (uniform times 0.031),
+Heun 12 steps (24 evaluations) 0.028, Euler 24 steps 0.048. The only randomness is x₀,
+which is the row's noise, so a row is the same image on any worker. Samples come from an
+EMA of the weights.
 
 The U-Net follows the image side (`synth.models.blocks.octaves`): one residual block per
 resolution on the way down and two on the way up, channels by resolution (`blocks.channels`),
@@ -32,7 +41,9 @@ from synth.models.blocks import channels, octaves
 
 ATTENTION_MAX_PIXELS = 64
 """Self-attention at resolutions with at most this many positions (8×8)."""
-SOLVERS = ("euler", "heun")
+SOLVERS = ("ab2", "heun", "euler")
+TIME_POWER = 1.5
+"""Sampling times t_k = (k / steps)^TIME_POWER."""
 
 
 def _groups(features: int) -> int:
@@ -148,7 +159,8 @@ class ConditionalFlow(ImageModel):
     name = "cflow"
     trained = ("flow",)
     defaults = {"width": 32, "dropout": 0.1, "learning_rate": 5e-4, "ema_decay": 0.999, "label_dropout": 0.1,
-                "batch_size": 64, "epochs": 40, "sample_steps": 16, "solver": "heun", "guidance": 2.0}
+                "batch_size": 64, "epochs": 40, "sample_steps": 16, "solver": "ab2", "guidance": 2.0,
+                "guidance_interval": [0.1, 0.7]}
 
     def build(self, schema: ImageSchema, config: dict[str, Any]) -> dict[str, nn.Module]:
         flow = self.sampler(schema, config)
@@ -160,7 +172,12 @@ class ConditionalFlow(ImageModel):
         if config["solver"] not in SOLVERS:
             raise ValueError(f"synthesize.solver: unknown solver '{config['solver']}'; known: {', '.join(SOLVERS)}")
         network = _UNet(schema, config["width"], config["dropout"])
+        interval = config.get("guidance_interval", [0.0, 1.0])  # models saved before it had guidance throughout
+        if not (len(interval) == 2 and 0 <= interval[0] <= interval[1] <= 1):
+            raise ValueError(f"synthesize.options.guidance_interval: want [start, end] with 0 <= start <= end <= 1, "
+                             f"got {interval}")
         network.steps, network.solver, network.guidance = config["sample_steps"], config["solver"], config["guidance"]
+        network.guided_from, network.guided_until = interval
         return network
 
     def sampler_name(self) -> str:
@@ -193,24 +210,30 @@ class ConditionalFlow(ImageModel):
         return {"loss": loss.detach()}
 
     def _velocity(self, sampler: nn.Module, x: torch.Tensor, t: float, labels: torch.Tensor) -> torch.Tensor:
+        """The guided velocity, in fp32 (the network may run under bf16 autocast)."""
         times = torch.full((x.shape[0],), t, device=x.device)
-        if sampler.guidance == 1.0:
-            return sampler(x, times, labels)
+        if sampler.guidance == 1.0 or not sampler.guided_from <= t < sampler.guided_until:
+            return sampler(x, times, labels).float()
         unconditional = torch.full_like(labels, sampler.schema.num_classes)
-        both = sampler(torch.cat([x, x]), torch.cat([times, times]), torch.cat([labels, unconditional]))
+        both = sampler(torch.cat([x, x]), torch.cat([times, times]), torch.cat([labels, unconditional])).float()
         conditional, free = both.chunk(2)
         return free + sampler.guidance * (conditional - free)
 
     @torch.no_grad()
     def sample(self, sampler: nn.Module, labels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         schema = sampler.schema
-        x = noise.reshape(len(labels), schema.channels, schema.height, schema.width)
-        dt = 1.0 / sampler.steps
-        for step in range(sampler.steps):
-            t = step * dt
-            velocity = self._velocity(sampler, x, t, labels)
+        x = noise.reshape(len(labels), schema.channels, schema.height, schema.width).float()
+        times = [(step / sampler.steps) ** TIME_POWER for step in range(sampler.steps + 1)]
+        previous = None  # (velocity, step length) of the last step, for ab2
+        for start, end in zip(times[:-1], times[1:]):
+            length = end - start
+            velocity = self._velocity(sampler, x, start, labels)
+            step = velocity
             if sampler.solver == "heun":
-                guess = x + dt * velocity
-                velocity = 0.5 * (velocity + self._velocity(sampler, guess, t + dt, labels))
-            x = x + dt * velocity
-        return ((x.float() + 1) / 2).clamp(0, 1)
+                step = 0.5 * (velocity + self._velocity(sampler, x + length * velocity, end, labels))
+            elif sampler.solver == "ab2" and previous is not None:
+                ratio = length / previous[1]
+                step = (1 + ratio / 2) * velocity - (ratio / 2) * previous[0]
+            previous = (velocity, length)
+            x = x + length * step
+        return ((x + 1) / 2).clamp(0, 1)
