@@ -8,10 +8,12 @@ Precision is `bf16` (autocast; on CUDA also channels_last modules and inputs) or
   (3.2M input values a step) bf16 is as fast as fp32 for cgan at half the memory, and faster
   for cvae (579k vs 356k–489k images/s).
 - CPU: `auto` is fp32; `bf16` is taken where the CPU has native bf16 arithmetic (oneDNN's
-  check: AVX-512 BF16 or AMX), else fp32 (emulated bf16 is slower than fp32). On a 2-core
-  AVX-512 BF16 VM the 32×32 `cflow` U-Net trains 1.46× faster (243 vs 167 images/s, batch
-  64) and samples 1.7× faster; channels_last made CPU training slower (172 images/s), so CPU
-  keeps the default layout.
+  check: AVX-512 BF16 or AMX), else fp32 (emulated bf16 is slower than fp32), and only for
+  sampling: on a 2-core AVX-512 BF16 VM, interleaved over 3 rounds, the 32×32 `cflow` U-Net
+  samples 2.09× faster in bf16 (range 1.85–2.30, one thread) but its training step runs at
+  0.87× (0.86–0.93; the casts around every GroupNorm cost more than the faster
+  convolutions save), so `synth.train` trains in fp32 on CPU. channels_last made CPU
+  convolutions slower, so CPU keeps the default layout.
 """
 
 from __future__ import annotations

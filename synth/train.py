@@ -27,7 +27,7 @@ from ray.train.torch import TorchTrainer
 from synth.models import get_model
 from synth.models.base import class_grid, save_generator, save_png, unwrap
 from synth.progress import watch
-from synth.step import autocast_for, place_inputs, prepare_module, resolve_precision
+from synth.step import autocast_for, cpu_has_bf16, place_inputs, prepare_module, resolve_precision
 
 STATE_FILE = "state.pt"
 PROGRESS_SECONDS = 0.5
@@ -97,8 +97,8 @@ class TrainConfig:
     """Folder (shared storage, beside the checkpoints) where each training attempt is recorded."""
     checkpoint_every: int = 1
     precision: str = "auto"
-    """`bf16`, `fp32`, or `auto` (see `synth.step.resolve_precision`; CPU: bf16 only when asked
-    and native)."""
+    """On GPU: `bf16`, `fp32`, or `auto` (see `synth.step.resolve_precision`); CPU trains in fp32
+    (bf16 is for CPU sampling only)."""
 
 
 def _state(networks: dict[str, Any], optimizers: dict[str, Any], epoch: int, step: int) -> dict[str, Any]:
@@ -209,7 +209,8 @@ def train_loop(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
     torch.manual_seed(cfg.seed * 1000 + rank)
     device = ray.train.torch.get_device()
-    precision = resolve_precision(cfg.precision, device, cfg.batch_size * schema.values_per_row)
+    precision = (resolve_precision(cfg.precision, device, cfg.batch_size * schema.values_per_row)
+                 if device.type == "cuda" else "fp32")  # CPU training stays fp32 (see synth.step)
     networks = {name: prepare_module(net, device, precision) for name, net in model.build(schema, cfg.model_config).items()}
     for name in model.trained:
         networks[name] = ray.train.torch.prepare_model(networks[name])
@@ -222,7 +223,7 @@ def train_loop(config: dict[str, Any]) -> None:
         if device.type == "cuda":
             board.say.remote(f"{precision} on {torch.cuda.get_device_name(device)}")
         elif cfg.precision == "bf16":
-            board.say.remote("bf16 on CPU" if precision == "bf16" else
+            board.say.remote("fp32 training on CPU (bf16 trains slower there); sampling in bf16" if cpu_has_bf16() else
                              "fp32: this CPU has no native bf16 arithmetic (AVX-512 BF16 or AMX), where bf16 is slower")
         if start >= cfg.epochs:
             board.say.remote(f"already trained: all {cfg.epochs} epochs are in the last checkpoint (step {step})")
