@@ -223,7 +223,7 @@ def train_loop(config: dict[str, Any]) -> None:
         if device.type == "cuda":
             board.say.remote(f"{precision} on {torch.cuda.get_device_name(device)}")
         elif cfg.precision == "bf16":
-            board.say.remote("fp32 training on CPU (bf16 trains slower there); sampling in bf16" if cpu_has_bf16() else
+            board.say.remote("fp32 training on CPU (bf16 trains no faster there); sampling in bf16" if cpu_has_bf16() else
                              "fp32: this CPU has no native bf16 arithmetic (AVX-512 BF16 or AMX), where bf16 is slower")
         if start >= cfg.epochs:
             board.say.remote(f"already trained: all {cfg.epochs} epochs are in the last checkpoint (step {step})")
