@@ -112,7 +112,7 @@ def train_config(spec: Spec, run_id: str, run_dir: str, rows: int):
     """The Ray Train settings of a run on `rows` training rows: (TrainConfig, checkpoint
     storage, Ray Train run name). Unset spec values take the model's defaults."""
     from synth.models import get_model
-    from synth.models.base import default_epochs, with_defaults
+    from synth.models.base import default_epochs, steps_per_epoch, with_defaults
     from synth.train import TrainConfig
 
     syn = spec.synthesize
@@ -129,7 +129,8 @@ def train_config(spec: Spec, run_id: str, run_dir: str, rows: int):
     run_name = f"{spec.name}-{run_id}"
     config = TrainConfig(model=syn.model, model_config=model_config, epochs=epochs, batch_size=batch_size,
                          seed=spec.seed, attempts_uri=f"{storage.rstrip('/')}/{run_name}/datakiln-attempts",
-                         checkpoint_every=syn.checkpoint_every or max(1, epochs // 10), precision=syn.precision)
+                         checkpoint_every=syn.checkpoint_every or max(1, epochs // 10), precision=syn.precision,
+                         lr_schedule=syn.lr_schedule, total_steps=epochs * steps_per_epoch(rows, batch_size, syn.workers))
     return config, storage, run_name
 
 
@@ -171,11 +172,10 @@ def _show_training(progress, state: dict[str, Any], config, rows: int, workers: 
     fields = state["fields"]
     if not fields:
         return
-    steps_per_epoch = -(-rows // (config.batch_size * workers))
     epochs_done = fields["epochs_done"]
     progress.update(epochs_done * rows + fields["rows_into_epoch"],
                     epoch=f"{min(epochs_done + 1, config.epochs)}/{config.epochs}",
-                    step=f"{fields['step']:,}/{config.epochs * steps_per_epoch:,}",
+                    step=f"{fields['step']:,}/{config.total_steps:,}",
                     **{name: value for name, value in list(fields["losses"].items())[:3]})
 
 

@@ -201,6 +201,9 @@ class SynthesizeSpec(_Section):
     is `batch_size * workers`."""
     learning_rate: float | None = Field(default=None, gt=0)
     """Default: the model's own (cvae 1e-3, cgan 2e-4)."""
+    lr_schedule: Literal["constant", "linear"] = "constant"
+    """`linear`: the learning rate falls linearly from `learning_rate` to 0 over the run (every
+    optimizer of the model; a resumed run continues the same schedule)."""
     latent_dim: int | None = Field(default=None, ge=1)
     """Default: the model's own (cvae 16, cgan 64)."""
     workers: int = Field(default=1, ge=1)

@@ -99,6 +99,35 @@ class TrainConfig:
     precision: str = "auto"
     """On GPU: `bf16`, `fp32`, or `auto` (see `synth.step.resolve_precision`); CPU trains in fp32
     (bf16 is for CPU sampling only)."""
+    lr_schedule: str = "constant"
+    """`constant`, or `linear`: every optimizer's learning rate falls linearly from its initial
+    value to 0 over `total_steps` (a worker's steps in the whole run)."""
+    total_steps: int | None = None
+    """A worker's optimizer steps over all epochs (`epochs × synth.models.base.steps_per_epoch`);
+    needed by the `linear` schedule."""
+
+    def __post_init__(self):
+        if self.lr_schedule not in ("constant", "linear"):
+            raise ValueError(f"lr_schedule: '{self.lr_schedule}' is not one of constant, linear")
+        if self.lr_schedule == "linear" and not self.total_steps:
+            raise ValueError("lr_schedule linear needs total_steps")
+
+
+def scale_learning_rates(optimizers: dict[str, torch.optim.Optimizer], factor: float) -> None:
+    """Set every parameter group's learning rate to `factor` times its initial one (kept in the
+    group as `initial_lr`, so it travels with the optimizer's checkpointed state)."""
+    for optimizer in optimizers.values():
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"] * factor
+
+
+def schedule_factor(cfg: TrainConfig, step: int) -> float:
+    """The learning-rate multiplier for the step after `step` steps (a function of the global
+    step count alone, so a resumed run follows the same schedule)."""
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    return max(0.0, 1.0 - step / cfg.total_steps)
 
 
 def _state(networks: dict[str, Any], optimizers: dict[str, Any], epoch: int, step: int) -> dict[str, Any]:
@@ -238,6 +267,8 @@ def train_loop(config: dict[str, Any]) -> None:
         seen, began = 0, time.perf_counter()
         shown_at = began
         for batch in shard.epoch(epoch):
+            if cfg.lr_schedule != "constant":
+                scale_learning_rates(optimizers, schedule_factor(cfg, step))
             inputs = place_inputs(model.inputs(batch), device, precision)
             with autocast_for(device, precision):
                 losses = model.training_step(networks, *inputs, optimizers)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from pipeline import load_spec, run
@@ -68,7 +69,7 @@ def _train_worker_pids() -> list[int]:
 
 @needs_shared
 def test_a_killed_worker_is_replaced_and_training_resumes(tmp_path):
-    spec = load_spec(str(_spec_file(tmp_path, max_failures=1)))
+    spec = load_spec(str(_spec_file(tmp_path, max_failures=1, learning_rate=2e-3, lr_schedule="linear")))
     killed: list[int] = []
 
     def kill_after_first_checkpoint():
@@ -85,6 +86,12 @@ def test_a_killed_worker_is_replaced_and_training_resumes(tmp_path):
     training = report.lineage["checkpoint"]
     assert training["restarts"] == 1 and training["attempts"][1]["start_epoch"] >= 1
     assert training["steps"] == _expected_steps(report.lineage)  # no epoch lost, none repeated
+    # The replacement worker went on with the same linear decay: the last step ran at 1/steps
+    # of the initial learning rate.
+    state = torch.load(os.path.join(training["train_checkpoint"], "state.pt"), weights_only=True)
+    groups = [group for optimizer in state["optimizers"].values() for group in optimizer["param_groups"]]
+    assert groups and all(group["initial_lr"] == 2e-3 for group in groups)
+    assert all(group["lr"] == pytest.approx(group["initial_lr"] / training["steps"]) for group in groups)
 
 
 @needs_shared

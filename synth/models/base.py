@@ -91,13 +91,18 @@ def with_defaults(model: GeneratorModel, config: dict[str, Any]) -> dict[str, An
     return {**model.defaults, **{k: v for k, v in config.items() if v is not None}}
 
 
+def steps_per_epoch(rows: int, batch_size: int, workers: int) -> int:
+    """A worker's optimizer steps in one epoch over `rows` rows shared by `workers` workers."""
+    return max(1, -(-rows // (batch_size * workers)))
+
+
 def default_epochs(model: GeneratorModel, rows: int, batch_size: int, workers: int) -> int:
     """The model's default epochs, raised to reach `model.min_steps` steps on `rows` rows and
     lowered to stay within `model.max_steps`, where the model has one."""
-    steps_per_epoch = max(1, -(-rows // (batch_size * workers)))
-    epochs = max(model.defaults["epochs"], -(-model.min_steps // steps_per_epoch))
+    per_epoch = steps_per_epoch(rows, batch_size, workers)
+    epochs = max(model.defaults["epochs"], -(-model.min_steps // per_epoch))
     most = getattr(model, "max_steps", None)
-    return min(epochs, max(1, most // steps_per_epoch)) if most else epochs
+    return min(epochs, max(1, most // per_epoch)) if most else epochs
 
 
 def unwrap(network):
