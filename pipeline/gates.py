@@ -15,7 +15,8 @@ IMAGE_METRICS = (
     "precision", "recall", "density", "coverage", "tstr_accuracy", "trtr_accuracy", "tstr_ratio", "tstr_macro_f1",
     "augment_gain", "nn_copy_fraction", "dcr_ratio",
 )
-"""Always in an image run's `metrics.json` (plus `fid_inception` with `evaluate.inception_weights`)."""
+"""In a labelled image run's `metrics.json` (`augment_gain` unless `evaluate.augment` is false; plus
+`fid_inception` with `evaluate.inception_weights`)."""
 TABLE_METRICS = (
     "quality_score", "column_shapes", "column_pair_trends", "detection_auc", "tstr_accuracy", "trtr_accuracy",
     "tstr_f1", "trtr_f1", "tstr_ratio", "tstr_f1_ratio", "dcr_median_synthetic", "dcr_median_holdout", "dcr_ratio",

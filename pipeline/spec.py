@@ -283,6 +283,10 @@ class EvaluateSpec(_Section):
     """The fixed classifier's recipe: `small` (two convolutions, no augmentation), `photo`
     (a batch-normalised convolution per octave, trained with random crops and flips);
     `auto` takes `photo` for colour images and `small` for grey ones."""
+    augment: bool = True
+    """Images: also fit the classifier on real + synthetic (`augment_accuracy`, `augment_gain`:
+    does adding the synthetic set help?). That fit is as large as the TSTR and TRTR fits
+    together; false skips it (the card says so)."""
     k: int = Field(default=3, ge=1)
     """Neighbours for precision/recall/density/coverage."""
     copy_fraction: float = Field(default=0.1, gt=0, le=1)
@@ -300,6 +304,12 @@ class EvaluateSpec(_Section):
         from pipeline.gates import validate_gates
 
         return validate_gates(gates)
+
+    @model_validator(mode="after")
+    def _gated_metrics_are_computed(self) -> EvaluateSpec:
+        if not self.augment and "augment_gain" in self.gates:
+            raise ValueError("evaluate.gates.augment_gain: augment_gain is not computed when evaluate.augment is false")
+        return self
 
 
 class PublishSpec(_Section):

@@ -172,6 +172,9 @@ def test_the_photos_spec_resized_to_64_runs_end_to_end(tmp_path):
     assert real["train"].features["label"].names == ["blue", "red"]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert 0 <= metrics["trtr_accuracy"] <= 1 and metrics["fid_domain_floor"] >= 0
+    assert "augment_gain" not in metrics and "tstr_macro_f1" in metrics  # the spec's evaluate.augment: false
+    assert "`augment_gain` (the classifier trained on real + synthetic) was not computed" in (
+        tmp_path / "out" / "README.md").read_text()
 
 
 def test_an_unlabelled_folder_publishes_an_unconditional_synthetic_config(tmp_path):

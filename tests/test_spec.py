@@ -41,6 +41,8 @@ def test_defaults_fill_operator_params():
                                      "(its settings: latent_dim, width, hidden, learning_rate)"),
     (["synthesize.model=cflow", "synthesize.latent_dim=8"], "synthesize.latent_dim: the 'cflow' model has no latent_dim"),
     (["synthesize.guidance=2"], "synthesize.guidance: the 'cvae' model has no guidance"),
+    (["evaluate.augment=false", "evaluate.gates={augment_gain: '>= 0'}"],
+     "evaluate.gates.augment_gain: augment_gain is not computed when evaluate.augment is false"),
     (["synthesize.lr_schedule=cosine"], "synthesize.lr_schedule: Input should be 'constant' or 'linear'"),
     (["annotate.unlabelled=true", "annotate.label_quality.action=keep"],
      "annotate.label_quality: an unlabelled dataset has no labels to check"),

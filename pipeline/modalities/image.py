@@ -47,6 +47,8 @@ UNLABELLED_METRICS = [
     "domain Inception Score. The distances and precision / recall / density / coverage use a feature",
     "extractor trained self-supervised on the real train split (the same network predicting how each",
     "image was rotated), so they still compare synthetic with real images.", ""]
+AUGMENT_SKIPPED = ("`augment_gain` (the classifier trained on real + synthetic) was not computed: "
+                   "`evaluate.augment` is false.")
 READING_GUIDE = [
     "How to read these numbers. **Utility**: a fixed CNN (`small` for grey images, `photo` with crops and",
     "flips for colour ones) trained on synthetic data and tested on the real test split (TSTR) against",
@@ -223,7 +225,7 @@ class ImageModality(Modality):
                                           inception_weights=spec.evaluate.inception_weights,
                                           classifier_recipe=spec.evaluate.classifier,
                                           labelled=not annotation.unlabelled,
-                                          step=step)
+                                          augment=spec.evaluate.augment, step=step)
         extras = {"feature_extractor_sha256": self.evaluation.extractor_sha256}
         if self.inception_sha256:
             extras["inception_weights_sha256"] = self.inception_sha256
@@ -291,12 +293,14 @@ class ImageModality(Modality):
                     else "Each row is one class: real examples on the left, synthetic on the right.")
             sections = ["## Samples", "", rows, "",
                         "![samples](samples.png)", "", "Training losses per epoch:", "", "![losses](losses.png)", ""]
+        utility_plots = UNLABELLED_METRICS if unlabelled else ["![per-class recall](utility.png)", ""]
+        if not unlabelled and not self.spec.evaluate.augment:
+            utility_plots = [AUGMENT_SKIPPED, "", *utility_plots]
         return {"schema": self.schema,
                 "task": "unconditional-image-generation" if unlabelled else "image-classification",
                 "classes": UNLABELLED_NOTE if unlabelled else "", "curation": curation, "label_plot": True,
                 "reading_guide": READING_GUIDE,
-                "quality_plots": [*(UNLABELLED_METRICS if unlabelled else ["![per-class recall](utility.png)", ""]),
-                                  "![class means](class_means.png)", ""],
+                "quality_plots": [*utility_plots, "![class means](class_means.png)", ""],
                 "sections": sections}
 
 

@@ -52,14 +52,15 @@ def _fit_rotations(images: np.ndarray, epochs: int, seed: int, recipe: str):
 
 def evaluate_images(real_train: Split, real_test: Split, synthetic: Split, num_classes: int, epochs: int, seed: int,
                     k: int = 3, copy_fraction: float = 0.1, inception_weights: str | None = None,
-                    classifier_recipe: str = "auto", labelled: bool = True,
+                    classifier_recipe: str = "auto", labelled: bool = True, augment: bool = True,
                     step: Callable[[str], None] = lambda name: None) -> Evaluation:
     """All image metrics for three in-memory splits (uint8 images (N, H, W, C), integer labels);
     with `inception_weights` (a local FID Inception-v3 file) also `fid_inception` and its floor.
     `step(name)` is told which metric is being computed (for a progress display);
     `classifier_recipe` picks the fixed classifier (`classifier.recipe_for`). Without labels
     (`labelled` false) the utility metrics and the domain Inception Score are skipped and the
-    extractor is trained self-supervised (`classifier.fit_rotations`)."""
+    extractor is trained self-supervised (`classifier.fit_rotations`); `augment` false skips the
+    real+synthetic fit (`augment_accuracy`, `augment_gain`)."""
     from synth.metrics import classifier
     from synth.metrics.fid import fid
     from synth.metrics.inception_score import inception_score
@@ -70,7 +71,8 @@ def evaluate_images(real_train: Split, real_test: Split, synthetic: Split, num_c
 
     if labelled:
         step("tstr / trtr")
-        metrics, extractor = utility(real_train, real_test, synthetic, num_classes, epochs, seed, classifier_recipe)
+        metrics, extractor = utility(real_train, real_test, synthetic, num_classes, epochs, seed, classifier_recipe,
+                                     augment)
     else:
         step("feature extractor (rotation prediction)")
         extractor = ray.get(_fit_rotations.remote(real_train[0], epochs, seed, classifier_recipe))
