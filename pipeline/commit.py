@@ -8,7 +8,11 @@ wrote there. Nothing that the marker does not list is ever removed or replaced:
 - on a local disk, a target holding only datakiln's files is replaced by renames: the old
   version is renamed aside, the new one renamed in, then the old one deleted. A crash
   between the two renames leaves the old version aside; `recover` (run before every
-  publish) renames it back, or finishes deleting it once the new one is in;
+  publish) renames it back, or finishes deleting it once the new one is in. Shard names
+  carry a fingerprint of their folder's content (`data/train-<sha256[:12]>-00000-of-00001.parquet`):
+  `datasets` caches a local dataset under its folder's name and its card's `configs:`, so
+  with fixed names `load_dataset` would return an earlier version of a republished folder
+  (or of another folder with the same name) from its cache;
 - everywhere else (object stores, or a local folder shared with other files) the new
   version's shards get new names, `README.md` — whose `configs:` name the exact data
   files — is written as the single-object commit point, and only then are the old
@@ -25,6 +29,7 @@ replacing one dataset at once: the second fails with one line.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import os
 import posixpath
@@ -306,7 +311,31 @@ def _commit(staging: Location, target: Location, overwrite: bool) -> None:
         _replace_in_place(staging, target, staged, owned, foreign)
 
 
+def content_version(staging: Location, names: list[str]) -> str:
+    """A fingerprint of these files (names and bytes): the same content, the same version."""
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        digest.update(name.encode() + b"\0")
+        with staging.fs.open(staging.join(name).path, "rb") as handle:
+            for block in iter(lambda: handle.read(2**20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def _fingerprint_shards(staging: Location, staged: list[str]) -> list[str]:
+    """Rename each shard folder's files in `staging` to carry the folder's `content_version`."""
+    names = {}
+    for folder in SHARD_FOLDERS:
+        shards = [f for f in staged if posixpath.dirname(f) == folder]
+        version = content_version(staging, shards) if shards else ""
+        names.update({f: _versioned(f, version) for f in shards})
+    for old, new in names.items():
+        staging.fs.mv(staging.join(old).path, staging.join(new).path)
+    return sorted(names.get(f, f) for f in staged)
+
+
 def _swap(staging: Location, target: Location, staged: list[str]) -> None:
+    staged = _fingerprint_shards(staging, staged)
     card = staging.join(CARD)
     if staging.fs.exists(card.path):
         with staging.fs.open(card.path, "r") as handle:

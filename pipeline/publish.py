@@ -2,7 +2,7 @@
 
 Layout under the target (what `datasets.load_dataset(target[, "synthetic"])` reads):
 `data/{split}-NNNNN-of-NNNNN.parquet` (real splits), `synthetic/train-…` (config
-`synthetic`), `README.md` (card with `configs:` and `dataset_info`), plus the run's
+`synthetic`; `pipeline.commit` adds a version to these names as it publishes), `README.md` (card with `configs:` and `dataset_info`), plus the run's
 `lineage.json`, `metrics.json` and plots. Everything is written under a staging folder and
 made visible only when complete.
 """
